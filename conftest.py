@@ -1,0 +1,7 @@
+"""pytest set-up for the whole repository (unit tests in tests/, notebooks in book/)."""
+
+import os
+
+# Quick mode (small data, one short epoch, CPU-sized) for every notebook nbval runs. Set here,
+# before nbval starts any kernel, so that the kernels inherit it.
+os.environ.setdefault("COURSE_QUICK", "1")

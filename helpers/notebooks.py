@@ -1,0 +1,122 @@
+"""Executing the book's notebooks, the only way their stored outputs are produced.
+
+A maintainer's tool, described in the README:
+
+    python -m helpers.notebooks execute book/dynamic_graph.ipynb [more notebooks]
+    python -m helpers.notebooks check                              # what the tests check
+
+Executing a notebook runs every cell in order in a fresh kernel started from the notebook's
+folder, then stamps the notebook's metadata (key ``course``) with a hash of its code cells and
+the facts of the run (torch version, device, data source, quick mode, date). The test suite
+recomputes the hash: a notebook whose code changed after its outputs were produced fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+STAMP_KEY = "course"
+_FACTS_CODE = "import helpers.runtime as _runtime\n_runtime.print_run_facts_json()"
+
+
+def code_hash(nb) -> str:
+    """SHA-256 of the notebook's code cells (their source and order; outputs and tags excluded)."""
+    digest = hashlib.sha256()
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            digest.update(source.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def problems(nb) -> list[str]:
+    """What is wrong with a committed notebook, as sentences; empty when it is fit to commit."""
+    found = []
+    stamp = nb.get("metadata", {}).get(STAMP_KEY)
+    if stamp is None:
+        found.append("it was never executed by `python -m helpers.notebooks execute` (no stamp)")
+    elif stamp.get("code_sha256") != code_hash(nb):
+        found.append("its code changed after its outputs were produced: execute it again")
+    counts = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code" or not "".join(cell["source"]).strip():
+            continue
+        if cell.get("execution_count") is None:
+            found.append(f"code cell {i} was never executed, so nbval would compare nothing there")
+        else:
+            counts.append(cell["execution_count"])
+        for out in cell.get("outputs", []):
+            if out["output_type"] == "error" and "raises-exception" not in cell.get("metadata", {}).get("tags", []):
+                found.append(f"code cell {i} stores an error ({out.get('ename')}) a reader would see")
+            if out["output_type"] == "stream" and out.get("name") == "stderr":
+                found.append(f"code cell {i} stores text on stderr (a warning?) a reader would see")
+    if counts != sorted(counts) or len(set(counts)) != len(counts):
+        found.append("its cells were not executed once each, top to bottom")
+    return found
+
+
+def execute(path: Path, timeout: int = 1800) -> dict:
+    """Execute the notebook at ``path`` in place and stamp it; returns the stamp."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    # One extra cell, run last in the same kernel, reports the facts of the run; it is removed
+    # before the notebook is written.
+    nb.cells.append(nbformat.v4.new_code_cell(_FACTS_CODE))
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    facts_cell = nb.cells.pop()
+    text = "".join(o.get("text", "") for o in facts_cell.outputs if o.output_type == "stream")
+    facts = json.loads(text.strip().splitlines()[-1])
+    stamp = {"code_sha256": code_hash(nb), **facts}
+    nb.metadata[STAMP_KEY] = stamp
+    # Jupyter and Colab need a kernelspec; an authoring tool's own metadata has no place here.
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata.pop("jupytext", None)
+    found = problems(nb)
+    nbformat.write(nb, path)
+    if found:
+        raise RuntimeError(f"{path} was executed and written, but: " + "; ".join(found))
+    return stamp
+
+
+def book_notebooks(root: Path) -> list[Path]:
+    return sorted((root / "book").rglob("*.ipynb"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.notebooks", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("execute", help="execute notebooks in place and stamp them")
+    run.add_argument("paths", nargs="+", type=Path)
+    run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    chk = sub.add_parser("check", help="report notebooks that are stale, unexecuted or noisy")
+    chk.add_argument("paths", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "execute":
+        for path in args.paths:
+            if not path.exists():
+                parser.error(f"{path} does not exist")
+            stamp = execute(path, args.timeout)
+            print(f"{path}: executed on {stamp['device']} (quick mode: {stamp['quick_mode']}, data: {stamp['data_source']})")
+        return 0
+
+    import nbformat
+    paths = args.paths or book_notebooks(Path.cwd())
+    bad = 0
+    for path in paths:
+        for problem in problems(nbformat.read(path, as_version=4)):
+            print(f"{path}: {problem}")
+            bad += 1
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

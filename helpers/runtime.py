@@ -1,0 +1,144 @@
+"""Where and how the course's code runs: quick mode, device, seeds, timing.
+
+Introduced in the preface and used by every chapter.
+
+Quick mode (``COURSE_QUICK=1``) shrinks every notebook so that it runs on two CPU cores without
+network: small data, one short epoch. The test suite runs in quick mode; readers get the full run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from datetime import date
+
+import numpy as np
+import torch
+
+QUICK_ENV = "COURSE_QUICK"
+
+# What a notebook's data came from, recorded by the data loaders so that the executed notebook
+# can be stamped with it (see helpers.notebooks).
+_data_sources: list[str] = []
+
+
+def quick_mode() -> bool:
+    """True when ``COURSE_QUICK`` is set to 1, true or yes (any case)."""
+    value = os.environ.get(QUICK_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{QUICK_ENV}={value!r} is not understood: set it to 1 for quick mode or 0 (or unset) for the full run")
+
+
+def pick(full, quick):
+    """``quick`` in quick mode, ``full`` otherwise: ``epochs = pick(10, 1)``."""
+    return quick if quick_mode() else full
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """The best available device: CUDA, then Apple's MPS, then the CPU.
+
+    ``prefer`` ("cuda", "mps" or "cpu") asks for one device and fails loudly if it is missing,
+    rather than quietly running somewhere slower.
+    """
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if prefer is not None:
+        if prefer not in available:
+            raise ValueError(f"unknown device {prefer!r}: choose one of {sorted(available)}")
+        if not available[prefer]:
+            raise RuntimeError(f"device {prefer!r} was asked for but is not available here")
+        return torch.device(prefer)
+    for name in ("cuda", "mps", "cpu"):
+        if available[name]:
+            return torch.device(name)
+    raise AssertionError("unreachable: the CPU is always available")
+
+
+def device_name(device: torch.device | str) -> str:
+    """A readable name for a device, e.g. ``cuda (NVIDIA H200)`` or ``cpu``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators (all devices) with one number.
+
+    With ``deterministic=True`` PyTorch also picks deterministic kernels and raises on
+    operations that have none: slower, but a rerun gives the same bits.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA and MPS generators too
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        torch.backends.cudnn.benchmark = False  # autotuning may pick a different kernel each run
+        # cuBLAS needs this workspace setting to be deterministic; harmless elsewhere.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+class Timer:
+    """Wall-clock timer for a block of code that waits for the GPU before reading the clock.
+
+    GPU kernels run asynchronously, so without a synchronisation the clock would measure only
+    the time taken to *queue* the work.
+
+    >>> with Timer() as t:
+    ...     _ = sum(range(1000))
+    >>> t.seconds >= 0
+    True
+    """
+
+    def __init__(self, device: torch.device | str | None = None):
+        self.device = torch.device(device) if device is not None else None
+        self.seconds = float("nan")
+
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device is not None and self.device.type == "mps":
+            torch.mps.synchronize()
+
+    def __enter__(self) -> "Timer":
+        self._sync()
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._sync()
+        self.seconds = time.perf_counter() - self._start
+
+    def __repr__(self) -> str:
+        return f"Timer({self.seconds:.3f} s)"
+
+
+def record_data_source(description: str) -> None:
+    """Note where this run's data came from (called by the data loaders)."""
+    if description not in _data_sources:
+        _data_sources.append(description)
+
+
+def run_facts() -> dict:
+    """The facts an executed notebook is stamped with: versions, device, data, mode and date."""
+    return {
+        "torch": torch.__version__,
+        "device": device_name(pick_device()),
+        "data_source": "; ".join(_data_sources) or "none",
+        "quick_mode": quick_mode(),
+        "date": date.today().isoformat(),
+    }
+
+
+def print_run_facts_json() -> None:
+    """Print ``run_facts()`` as one JSON line (read back by ``helpers.notebooks``)."""
+    print(json.dumps(run_facts()))

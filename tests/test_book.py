@@ -1,0 +1,48 @@
+"""The book builds with warnings as errors, and its pages carry what readers need."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("book")
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    result = subprocess.run([str(jupyter_book), "build", str(ROOT), "-W", "-n", "--keep-going",
+                             "--path-output", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "warning" not in result.stderr.lower(), result.stderr
+    return out / "_build" / "html"
+
+
+def test_every_chapter_page_is_built(built):
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    pages = [toc["root"]] + [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    for page in pages:
+        assert (built / f"{page}.html").exists(), page
+
+
+def test_notebook_pages_have_a_colab_launch_button_from_the_one_repository_url(built):
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    repo = url.removeprefix("https://github.com/")
+    html = (built / "book" / "dynamic_graph.html").read_text()
+    assert f"https://colab.research.google.com/github/{repo}/blob/main/book/dynamic_graph.ipynb" in html
+
+
+def test_exercises_and_solution_dropdowns_render(built):
+    html = (built / "book" / "dynamic_graph.html").read_text()
+    assert html.count('class="exercise admonition"') == 2
+    assert html.count('class="solution dropdown admonition"') == 2
+    assert html.count('tag_solution') == 2  # each solution is a real code cell inside its dropdown
+
+
+def test_math_is_left_for_mathjax(built):
+    html = (built / "book" / "dynamic_graph.html").read_text()
+    assert "mathjax" in html.lower()
+    assert r"\partial L" in html

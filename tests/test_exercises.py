@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+
+from helpers import exercises
+from helpers.exercises import FAILED, NOT_DONE, PASSED, Case, Exercise, check, compare, judge_answer
+from helpers.graphs import backward_graph
+
+# The reference solution of each exercise, as the book writes it; every one must pass its check.
+REFERENCE = {
+    "dynamic_graph.count_nodes": lambda t: len(backward_graph(t)[0]),
+    "dynamic_graph.count_leaves": lambda t: sum(hasattr(n, "variable") for n in backward_graph(t)[0]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(exercises.EXERCISES))
+def test_every_exercise_has_a_reference_solution_that_passes(name):
+    assert name in REFERENCE, f"add the reference solution of {name} to REFERENCE"
+    verdict = judge_answer(name, REFERENCE[name])
+    assert verdict.status == PASSED, verdict.message
+
+
+def test_a_wrong_answer_is_told_on_which_input_and_how():
+    def only_direct_children(t):
+        return 0 if t.grad_fn is None else 1 + len(t.grad_fn.next_functions)
+
+    verdict = judge_answer("dynamic_graph.count_nodes", only_direct_children)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("on a * 2, expected 2, got 3")
+
+
+def test_an_answer_that_raises_is_reported_not_raised():
+    def crashes(t):
+        return t.grad_fn.name_that_does_not_exist
+
+    verdict = judge_answer("dynamic_graph.count_nodes", crashes)
+    assert verdict.status == FAILED
+    assert "the answer raised AttributeError" in verdict.message
+    assert "return t.grad_fn.name_that_does_not_exist" in verdict.message
+
+
+def test_starter_code_is_not_done_yet_with_the_hint():
+    def starter(t):
+        raise NotImplementedError("write your answer here")
+
+    verdict = judge_answer("dynamic_graph.count_leaves", starter)
+    assert verdict.status == NOT_DONE
+    assert "Hint: the leaves are the AccumulateGrad nodes" in verdict.message
+
+
+def test_not_a_function_and_unknown_exercise():
+    assert judge_answer("dynamic_graph.count_nodes", 5).message == "expected a function, got int"
+    with pytest.raises(KeyError, match="there is no exercise 'nope'"):
+        judge_answer("nope", len)
+
+
+@pytest.mark.parametrize("got, expected, message", [
+    (torch.zeros(3), torch.zeros(3, 1), "expected shape (3, 1), got shape (3,)"),
+    ([0.0, 0.0], torch.zeros(2), "expected a tensor, got list"),
+    (torch.tensor([float("nan"), 1.0]), torch.ones(2), "the answer contains NaN"),
+    (torch.tensor([1.0, 2.5]), torch.tensor([1.0, 2.0]), "largest difference 0.5"),
+    (float("nan"), 1.0, "expected 1, got NaN"),
+    ("1.0", 1.0, "expected a number, got str"),
+    (3, 4, "expected 4, got 3"),
+    ((torch.ones(1), 2), (torch.ones(1), 3), "item 1: expected 3, got 2"),
+])
+def test_compare_says_what_differs(got, expected, message):
+    with pytest.raises(exercises._Mismatch, match=None) as err:
+        compare(got, expected)
+    assert message in str(err.value)
+
+
+def test_compare_accepts_close_values_and_scalar_tensors():
+    compare(torch.tensor([1.0, 2.0 + 1e-8]), torch.tensor([1.0, 2.0]))
+    compare(torch.tensor(0.5), 0.5)
+    compare((1, torch.ones(2)), (1, torch.ones(2)))
+
+
+def test_a_judge_exercise_and_the_grading_log(tmp_path, monkeypatch):
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv(exercises.GRADING_LOG_ENV, str(log))
+    exercise = Exercise(name="test.positive", hint="return a positive number",
+                        judge=lambda answer: None if answer() > 0 else f"got {answer()}")
+    monkeypatch.setitem(exercises.EXERCISES, exercise.name, exercise)
+    check("test.positive", lambda: 1)
+    check("test.positive", lambda: -1)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(line["status"], line["message"]) for line in lines] == [(PASSED, "passed"), (FAILED, "got -1")]
+
+
+def test_check_prints_the_verdict_once(capsys):
+    assert check("dynamic_graph.count_nodes", lambda t: 0) is None
+    assert capsys.readouterr().out == "❌ dynamic_graph.count_nodes: on a * 2, expected 2, got 0\n"
+
+
+def test_an_exercise_cannot_be_registered_twice():
+    with pytest.raises(ValueError, match="registered twice"):
+        exercises.register(Exercise(name="dynamic_graph.count_nodes", hint="", cases=lambda: [Case((), "")]))

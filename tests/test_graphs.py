@@ -1,0 +1,44 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from helpers.graphs import backward_graph, draw_autograd_graph, node_label
+
+
+def test_a_shared_input_is_one_node_reached_by_two_edges():
+    a = torch.randn(3, requires_grad=True)
+    b = torch.randn(3, requires_grad=True)
+    y = (a * b + a).sum()
+    nodes, edges = backward_graph(y)
+    names = [type(n).__name__ for n in nodes]
+    assert names == ["SumBackward0", "AddBackward0", "MulBackward0", "AccumulateGrad", "AccumulateGrad"]
+    leaf_a = next(n for n in nodes if getattr(n, "variable", None) is a)
+    assert sum(1 for _, child in edges if child is leaf_a) == 2
+    assert node_label(leaf_a, {"a": a}) == "a\n(3,)"
+
+
+def test_inputs_without_gradients_are_not_in_the_graph():
+    a = torch.randn(2, requires_grad=True)
+    constant = torch.randn(2)
+    nodes, _ = backward_graph(a * constant)
+    assert len(nodes) == 2  # MulBackward0 and a's AccumulateGrad
+
+
+def test_a_tensor_without_graph_has_an_empty_one_and_cannot_be_drawn():
+    assert backward_graph(torch.ones(2)) == ([], [])
+    with pytest.raises(ValueError, match="has no autograd graph"):
+        draw_autograd_graph(torch.ones(2))
+    with pytest.raises(TypeError, match="expected a tensor, got list"):
+        backward_graph([1.0])
+
+
+def test_drawing_puts_one_label_per_node():
+    a = torch.randn(3, requires_grad=True)
+    y = (a.exp() * a).sum()
+    ax = draw_autograd_graph(y, names={"a": a})
+    assert sorted(t.get_text() for t in ax.texts if t.get_text()) == sorted(
+        ["SumBackward0", "MulBackward0", "ExpBackward0", "a\n(3,)"])
+    plt.close("all")

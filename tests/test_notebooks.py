@@ -1,0 +1,98 @@
+"""The committed notebooks are executed, fresh and clean; nbval (run over book/) does the rest."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from helpers.notebooks import code_hash, problems
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "book").rglob("*.ipynb"))
+
+
+def toc_files() -> set[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = {toc["root"]}
+    for part in toc.get("parts", []):
+        for chapter in part["chapters"]:
+            files.add(chapter["file"])
+            files.update(section["file"] for section in chapter.get("sections", []))
+    return files
+
+
+def test_there_are_notebooks_and_every_one_is_in_the_book():
+    assert NOTEBOOKS, "no notebooks found under book/"
+    listed = toc_files()
+    for path in NOTEBOOKS:
+        assert str(path.relative_to(ROOT).with_suffix("")) in listed, f"{path} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_executed_fresh_and_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    assert problems(nb) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_stamp_says_where_it_ran(path):
+    stamp = nbformat.read(path, as_version=4).metadata["course"]
+    assert set(stamp) >= {"code_sha256", "torch", "device", "data_source", "quick_mode", "date"}
+
+
+def _edit_first_code_cell(nb):
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    cell.source += "\nprint('an edit made after the notebook was executed')"
+
+
+def test_editing_a_code_cell_without_executing_again_is_caught(tmp_path):
+    nb = nbformat.read(ROOT / "book" / "dynamic_graph.ipynb", as_version=4)
+    assert problems(nb) == []
+    _edit_first_code_cell(nb)
+    assert code_hash(nb) != nb.metadata["course"]["code_sha256"]
+    assert problems(nb) == ["its code changed after its outputs were produced: execute it again"]
+    path = tmp_path / "edited.ipynb"
+    nbformat.write(nb, path)
+    check = subprocess.run([sys.executable, "-m", "helpers.notebooks", "check", str(path)],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert check.returncode == 1
+    assert "its code changed after its outputs were produced" in check.stdout
+
+
+def _tiny_notebook(outputs_text: str | None):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(6 * 7)")
+    if outputs_text is not None:
+        cell.execution_count = 1
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=outputs_text)]
+    nb.cells.append(cell)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def _nbval(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--nbval", "--nbval-current-env",
+         "-p", "no:cacheprovider", "--rootdir", str(path.parent), "-c", "/dev/null", str(path)],
+        capture_output=True, text=True, cwd=path.parent)
+
+
+def test_nbval_is_strict_a_stale_output_fails(tmp_path):
+    good, stale = tmp_path / "good.ipynb", tmp_path / "stale.ipynb"
+    nbformat.write(_tiny_notebook("42\n"), good)
+    nbformat.write(_tiny_notebook("41\n"), stale)
+    assert _nbval(good).returncode == 0
+    result = _nbval(stale)
+    assert result.returncode == 1
+    assert "1 failed" in result.stdout
+
+
+def test_an_unexecuted_or_erroring_notebook_is_caught():
+    unexecuted = _tiny_notebook(None)
+    assert problems(unexecuted)[-1] == "code cell 0 was never executed, so nbval would compare nothing there"
+    erroring = _tiny_notebook("42\n")
+    erroring.cells[0].outputs = [nbformat.v4.new_output("error", ename="ValueError", evalue="x", traceback=[])]
+    assert "code cell 0 stores an error (ValueError) a reader would see" in problems(erroring)

@@ -1,0 +1,75 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import runtime
+
+
+@pytest.mark.parametrize("value, expected", [("", False), ("0", False), ("no", False),
+                                             ("1", True), ("TRUE", True), ("yes", True)])
+def test_quick_mode_reads_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv(runtime.QUICK_ENV, value)
+    assert runtime.quick_mode() is expected
+    assert runtime.pick("full", "quick") == ("quick" if expected else "full")
+
+
+def test_quick_mode_rejects_a_value_it_does_not_understand(monkeypatch):
+    monkeypatch.setenv(runtime.QUICK_ENV, "fast")
+    with pytest.raises(ValueError, match="COURSE_QUICK='fast' is not understood"):
+        runtime.quick_mode()
+
+
+def test_pick_device_falls_back_to_the_cpu_here():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert runtime.pick_device().type in (expected, "mps")
+
+
+def test_pick_device_refuses_a_missing_or_unknown_device():
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="'cuda' was asked for but is not available"):
+            runtime.pick_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        runtime.pick_device("tpu")
+    assert runtime.pick_device("cpu") == torch.device("cpu")
+
+
+def test_seed_everything_repeats_every_generator():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(3)
+
+    runtime.seed_everything(123)
+    first = draw()
+    runtime.seed_everything(123)
+    second = draw()
+    assert first[:2] == second[:2]
+    assert torch.equal(first[2], second[2])
+    runtime.seed_everything(124)
+    assert draw()[0] != first[0]
+
+
+def test_deterministic_mode_is_opt_in_and_can_be_switched_off():
+    runtime.seed_everything(0, deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled()
+    runtime.seed_everything(0)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_timer_measures_the_block():
+    import time
+
+    with runtime.Timer("cpu") as t:
+        time.sleep(0.05)
+    assert 0.04 < t.seconds < 1.0
+    assert repr(t).startswith("Timer(")
+
+
+def test_run_facts_name_the_data_sources(monkeypatch):
+    monkeypatch.setattr(runtime, "_data_sources", [])
+    assert runtime.run_facts()["data_source"] == "none"
+    runtime.record_data_source("generated stand-in")
+    runtime.record_data_source("generated stand-in")
+    facts = runtime.run_facts()
+    assert facts["data_source"] == "generated stand-in"
+    assert facts["torch"] == torch.__version__
