@@ -46,7 +46,10 @@ class Exercise:
     failure message, or None when the answer is right, for answers that are not pure functions.
     """
 
-    name: str
+    name: str  # "<chapter notebook>.<what>", e.g. "dynamic_graph.count_nodes"
+    title: str  # as in the book's exercise heading
+    practises: str  # what the exercise trains, for the instructor guide's table
+    minutes: int  # an estimate of the time a learner needs
     hint: str
     cases: Callable[[], list[Case]] | None = None
     expected: Callable[..., Any] | None = None
@@ -217,15 +220,14 @@ def _count_graph_nodes(t: torch.Tensor) -> int:
 
 register(Exercise(
     name="dynamic_graph.count_nodes",
+    title="Count the nodes of a graph",
+    practises="walking grad_fn.next_functions; shared sub-expressions",
+    minutes=10,
     hint="start from t.grad_fn, follow fn.next_functions (skip None entries) and keep a set of "
          "the nodes already seen, so that a node reached twice is counted once.",
     cases=_graph_cases,
     expected=_count_graph_nodes,
 ))
-
-
-def _leaf_cases() -> list[Case]:
-    return _graph_cases()
 
 
 def _leaves_requiring_grad(t: torch.Tensor) -> int:
@@ -237,8 +239,11 @@ def _leaves_requiring_grad(t: torch.Tensor) -> int:
 
 register(Exercise(
     name="dynamic_graph.count_leaves",
+    title="Count the leaves that will receive a gradient",
+    practises="leaf tensors and AccumulateGrad nodes",
+    minutes=5,
     hint="the leaves are the AccumulateGrad nodes of the graph: they have a `.variable` attribute "
          "holding the leaf tensor. Reuse your walk from the previous exercise.",
-    cases=_leaf_cases,
+    cases=_graph_cases,
     expected=_leaves_requiring_grad,
 ))

@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 STAMP_KEY = "course"
@@ -59,8 +60,12 @@ def problems(nb) -> list[str]:
     return found
 
 
-def execute(path: Path, timeout: int = 1800) -> dict:
-    """Execute the notebook at ``path`` in place and stamp it; returns the stamp."""
+def execute(path: Path, timeout: int = 1800, out: Path | None = None) -> dict:
+    """Execute the notebook at ``path`` and stamp it; returns the stamp.
+
+    The executed notebook replaces the original, or is written to the folder ``out`` (how a run
+    on another machine, such as the GPU machine, sends its notebooks back).
+    """
     import nbformat
     from nbclient import NotebookClient
 
@@ -80,9 +85,13 @@ def execute(path: Path, timeout: int = 1800) -> dict:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata.pop("jupytext", None)
     found = problems(nb)
-    nbformat.write(nb, path)
     if found:
-        raise RuntimeError(f"{path} was executed and written, but: " + "; ".join(found))
+        # Keep the committed notebook as it was; leave the rejected run where it can be read.
+        rejected = Path(tempfile.mkdtemp(prefix="rejected-")) / path.name
+        nbformat.write(nb, rejected)
+        raise RuntimeError(f"{path} ran, but its outputs are not fit to keep: " + "; ".join(found)
+                           + f". The run is in {rejected}; {path} is unchanged.")
+    nbformat.write(nb, path if out is None else out / path.name)
     return stamp
 
 
@@ -96,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("execute", help="execute notebooks in place and stamp them")
     run.add_argument("paths", nargs="+", type=Path)
     run.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
+    run.add_argument("--out", type=Path, help="write the executed notebooks into this folder "
+                     "instead of replacing the originals")
     chk = sub.add_parser("check", help="report notebooks that are stale, unexecuted or noisy")
     chk.add_argument("paths", nargs="*", type=Path)
     args = parser.parse_args(argv)
@@ -104,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.paths:
             if not path.exists():
                 parser.error(f"{path} does not exist")
-            stamp = execute(path, args.timeout)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+        for path in args.paths:
+            stamp = execute(path, args.timeout, args.out)
             print(f"{path}: executed on {stamp['device']} (quick mode: {stamp['quick_mode']}, data: {stamp['data_source']})")
         return 0
 

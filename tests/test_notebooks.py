@@ -96,3 +96,29 @@ def test_an_unexecuted_or_erroring_notebook_is_caught():
     erroring = _tiny_notebook("42\n")
     erroring.cells[0].outputs = [nbformat.v4.new_output("error", ename="ValueError", evalue="x", traceback=[])]
     assert "code cell 0 stores an error (ValueError) a reader would see" in problems(erroring)
+
+
+def test_a_noisy_run_never_replaces_the_committed_notebook(tmp_path):
+    from helpers.notebooks import execute
+
+    nb = _tiny_notebook("42\n")
+    nb.cells[0].source = "import sys\nprint('careful', file=sys.stderr)"
+    path = tmp_path / "noisy.ipynb"
+    nbformat.write(nb, path)
+    before = path.read_text()
+    with pytest.raises(RuntimeError, match="stores text on stderr.*noisy.ipynb is unchanged"):
+        execute(path)
+    assert path.read_text() == before
+
+
+def test_execute_stamps_and_writes_into_another_folder(tmp_path):
+    from helpers.notebooks import execute
+
+    path, out = tmp_path / "tiny.ipynb", tmp_path / "out"
+    nbformat.write(_tiny_notebook(None), path)
+    out.mkdir()
+    stamp = execute(path, out=out)
+    executed = nbformat.read(out / "tiny.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0].text == "42\n"
+    assert executed.metadata["course"] == stamp and stamp["code_sha256"] == code_hash(executed)
+    assert problems(nbformat.read(path, as_version=4))  # the original was left unexecuted
