@@ -16,11 +16,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 STAMP_KEY = "course"
+# Set in the kernels this module and the tests start, so that code can tell an executed,
+# stored output (rendered later as HTML) from a live notebook: progress bars print plain lines.
+EXECUTING_ENV = "COURSE_EXECUTING"
 _FACTS_CODE = "import helpers.runtime as _runtime\n_runtime.print_run_facts_json()"
 
 
@@ -75,7 +79,15 @@ def execute(path: Path, timeout: int = 1800, out: Path | None = None) -> dict:
     nb.cells.append(nbformat.v4.new_code_cell(_FACTS_CODE))
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
-    client.execute()
+    previous = os.environ.get(EXECUTING_ENV)
+    os.environ[EXECUTING_ENV] = "1"  # the kernel inherits the environment
+    try:
+        client.execute()
+    finally:
+        if previous is None:
+            del os.environ[EXECUTING_ENV]
+        else:
+            os.environ[EXECUTING_ENV] = previous
     facts_cell = nb.cells.pop()
     text = "".join(o.get("text", "") for o in facts_cell.outputs if o.output_type == "stream")
     facts = json.loads(text.strip().splitlines()[-1])

@@ -122,3 +122,18 @@ def test_execute_stamps_and_writes_into_another_folder(tmp_path):
     assert executed.cells[0].outputs[0].text == "42\n"
     assert executed.metadata["course"] == stamp and stamp["code_sha256"] == code_hash(executed)
     assert problems(nbformat.read(path, as_version=4))  # the original was left unexecuted
+
+
+def test_executed_kernels_know_they_are_executed(tmp_path, monkeypatch):
+    import os
+
+    from helpers.notebooks import execute
+
+    monkeypatch.delenv("COURSE_EXECUTING", raising=False)
+    nb = _tiny_notebook(None)
+    nb.cells[0].source = "import os\nprint(os.environ.get('COURSE_EXECUTING'))"
+    path = tmp_path / "env.ipynb"
+    nbformat.write(nb, path)
+    execute(path)
+    assert nbformat.read(path, as_version=4).cells[0].outputs[0].text == "1\n"
+    assert "COURSE_EXECUTING" not in os.environ  # and the setting does not leak out
