@@ -247,3 +247,1269 @@ register(Exercise(
     cases=_graph_cases,
     expected=_leaves_requiring_grad,
 ))
+
+
+# --- Chapter: Loss functions, from their equations (book/losses.ipynb) ---
+# Each judge runs the answer on a few inputs; when a result is wrong it names the usual mistake
+# that produces exactly that result, so the message says what to change, not only what differs.
+
+
+def _losses_same(got: Any, other: Any) -> bool:
+    return (isinstance(got, torch.Tensor) and isinstance(other, torch.Tensor)
+            and got.shape == other.shape
+            and torch.allclose(got.detach().double(), other.detach().double(), rtol=1e-4, atol=1e-6))
+
+
+def _losses_gives(wrong: Callable) -> Callable:
+    """A predicate: the answer's result equals what the mistaken formula ``wrong`` gives."""
+    def predicate(got, want, *args):
+        try:
+            return _losses_same(got, wrong(*args))
+        except Exception:  # the mistaken formula does not apply to these inputs
+            return False
+    return predicate
+
+
+def _losses_not_finite(got, want, *args) -> bool:
+    return (isinstance(got, torch.Tensor) and not torch.isfinite(got).all().item()
+            and torch.isfinite(want).all().item())
+
+
+def _losses_judge(cases: Callable[[], list[Case]], expected: Callable,
+                  mistakes: list[tuple[Callable, str]], then: Callable | None = None):
+    """A judge: ``expected`` per case; on a mismatch, the first matching mistake's explanation."""
+    def judge(answer: Callable) -> str | None:
+        for case in cases():
+            want = expected(*case.args)
+            try:
+                got = answer(*case.args)
+            except NotImplementedError:
+                raise
+            except Exception as error:
+                return (f"on {case.label}, the answer raised {type(error).__name__}: {error}"
+                        f"{_where_it_raised(error)}")
+            try:
+                compare(got, want, atol=1e-5, rtol=1e-5)
+            except _Mismatch as mismatch:
+                for predicate, explanation in mistakes:
+                    if predicate(got, want, *case.args):
+                        return f"on {case.label}, {mismatch}. {explanation}"
+                return f"on {case.label}, {mismatch}"
+        return then(answer) if then is not None else None
+    return judge
+
+
+def _losses_mse_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(0)
+    return [
+        Case((torch.tensor([2.5, 0.0, 2.0, 8.0]), torch.tensor([3.0, -0.5, 2.0, 7.0])),
+             "prediction [2.5, 0.0, 2.0, 8.0] and target [3.0, -0.5, 2.0, 7.0]"),
+        Case((torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)),
+             "a prediction and target of shape (4, 3)"),
+        Case((torch.tensor([1.5]), torch.tensor([1.5])), "a perfect prediction [1.5] of target [1.5]"),
+    ]
+
+
+register(Exercise(
+    name="losses.mean_squared_error",
+    title="Write the mean squared error",
+    practises="turning an equation into tensor code; mean versus sum",
+    minutes=5,
+    hint="subtract, square each difference, then average over every element: "
+         "((prediction - target) ** 2).mean().",
+    judge=_losses_judge(_losses_mse_cases, lambda p, t: torch.nn.functional.mse_loss(p, t), [
+        (lambda got, want, p, t: isinstance(got, torch.Tensor) and got.dim() > 0,
+         "The loss is one number: average over every element, .mean() with no dim."),
+        (_losses_gives(lambda p, t: ((p - t) ** 2).sum()),
+         "That is the sum of the squared errors: divide by the number of elements, or use .mean()."),
+        (_losses_gives(lambda p, t: ((p - t) ** 2).mean().sqrt()),
+         "That is the root of the mean squared error (the RMSE): leave out the square root."),
+        (_losses_gives(lambda p, t: (p - t).abs().mean()),
+         "That is the mean absolute error: square the differences instead of taking their "
+         "absolute value."),
+        (_losses_gives(lambda p, t: (p - t).mean()),
+         "That averages the differences without squaring them, so errors of opposite sign cancel: "
+         "square each difference first."),
+    ]),
+))
+
+
+def _losses_bce_cases() -> list[Case]:
+    return [
+        Case((torch.tensor([-2.0, 0.5, 3.0]), torch.tensor([0.0, 1.0, 1.0])),
+             "logits [-2.0, 0.5, 3.0] and targets [0.0, 1.0, 1.0]"),
+        Case((torch.tensor([1.0, -1.0, 0.0]), torch.tensor([0.2, 0.7, 0.5])),
+             "logits [1.0, -1.0, 0.0] and soft targets [0.2, 0.7, 0.5]"),
+        Case((torch.tensor([100.0, -100.0]), torch.tensor([1.0, 1.0])),
+             "logits [100.0, -100.0] and targets [1.0, 1.0]"),
+        Case((torch.tensor([-200.0, 200.0, -1000.0, 1000.0]), torch.tensor([1.0, 0.0, 0.0, 1.0])),
+             "logits [-200.0, 200.0, -1000.0, 1000.0] and targets [1.0, 0.0, 0.0, 1.0]"),
+    ]
+
+
+def _losses_capped(got, want, logits, targets) -> bool:
+    return (logits.abs().max().item() >= 100 and isinstance(got, torch.Tensor)
+            and bool(torch.isfinite(got).all()) and got.sum().item() < 0.99 * want.sum().item())
+
+
+def _losses_bce_gradient(answer: Callable) -> str | None:
+    """Once the values are right: is the gradient (sigmoid(z) - y) / N, finite at large logits?"""
+    logits = torch.tensor([-200.0, -3.0, 0.5, 200.0], requires_grad=True)
+    targets = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    loss = answer(logits, targets)
+    if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
+        return ("the values are right, but the result is not connected to the logits' graph "
+                "(was .item(), .detach() or a new torch.tensor(...) used?), so no gradient "
+                "can flow back through it")
+    loss.backward()
+    want = (torch.sigmoid(logits.detach()) - targets) / len(targets)
+    if logits.grad is None or not torch.allclose(logits.grad, want, atol=1e-6, rtol=1e-5):
+        got = None if logits.grad is None else [round(g, 4) for g in logits.grad.tolist()]
+        advice = ""
+        if logits.grad is not None and not torch.isfinite(logits.grad).all():
+            advice = (": torch.where(condition, a, b) sends the gradient through both branches, "
+                      "so an inf or NaN in the branch it did not pick still poisons the result; "
+                      "use one formula that is finite for every logit")
+        return (f"the values are right, but on logits [-200.0, -3.0, 0.5, 200.0] and targets "
+                f"[1.0, 0.0, 1.0, 0.0] the gradient with respect to the logits is {got}, not "
+                f"(sigmoid(z) - y) / N = {[round(g, 4) for g in want.tolist()]}{advice}")
+    return None
+
+
+register(Exercise(
+    name="losses.bce_with_logits",
+    title="Find why a hand-written BCE returns NaN, and fix it",
+    practises="float32 limits of sigmoid and log; the log-sum-exp form of BCE on logits",
+    minutes=15,
+    hint="never form sigmoid(z): the loss is (1 - y) * z + log(1 + exp(-z)), and "
+         "log(1 + exp(-z)) = m + log(exp(-m) + exp(-z - m)) with m = max(0, -z).",
+    judge=_losses_judge(
+        _losses_bce_cases, lambda z, y: torch.nn.functional.binary_cross_entropy_with_logits(z, y), [
+            (_losses_not_finite,
+             "In float32, sigmoid(z) rounds to exactly 1 for z above about 16.6 and to 0 below about "
+             "-88.7, so log(p) or log(1 - p) is log(0) = -inf, and 0 * (-inf) is NaN: do not form "
+             "sigmoid(z); write log(sigmoid(z)) = -log(1 + exp(-z)) as a log-sum-exp."),
+            (_losses_capped,
+             "The answer is finite but too small on large logits: clamping p (or adding an eps "
+             "inside the log) caps each loss at -log(eps), while the loss of a confidently wrong "
+             "logit z is about |z|. Compute the loss from the logits, without sigmoid."),
+            (_losses_gives(lambda z, y: torch.nn.functional.binary_cross_entropy_with_logits(
+                z, y, reduction="sum")),
+             "That is the sum over the batch: divide by the number of elements."),
+            (_losses_gives(lambda z, y: -torch.nn.functional.binary_cross_entropy_with_logits(z, y)),
+             "The sign is wrong: BCE is minus the mean log-likelihood, never below 0."),
+        ],
+        then=_losses_bce_gradient),
+))
+
+
+def _losses_log_softmax_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(1)
+    return [
+        Case((torch.tensor([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]]),), "logits [[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]]"),
+        Case((torch.tensor([[1000.0, 0.0, -1000.0]]),), "the large logits [[1000.0, 0.0, -1000.0]]"),
+        Case((50 * torch.randn(5, 4, generator=gen),), "a batch of shape (5, 4) with logits of size up to about 100"),
+    ]
+
+
+register(Exercise(
+    name="losses.log_softmax",
+    title="Write a log-softmax that does not overflow",
+    practises="the max-subtraction trick; reducing along the right dimension",
+    minutes=10,
+    hint="m = logits.amax(dim=-1, keepdim=True); return (logits - m) minus the log of the sum of "
+         "exp(logits - m) along dim=-1 (keepdim=True, so that it broadcasts over the row).",
+    judge=_losses_judge(_losses_log_softmax_cases, lambda z: torch.log_softmax(z, dim=-1), [
+        (_losses_not_finite,
+         "In float32 exp(z) overflows to inf once z passes about 88.7 (and inf / inf is NaN), "
+         "and a probability such as exp(-1000) underflows to 0 (and log(0) is -inf): never form "
+         "the probabilities; subtract each row's maximum m and compute "
+         "(z - m) - log(sum(exp(z - m))), the same number mathematically."),
+        (_losses_gives(lambda z: torch.log_softmax(z, dim=0)),
+         "That normalises down the columns (dim=0): each row holds one example's logits, so sum "
+         "along the last dimension, dim=-1."),
+        (_losses_gives(lambda z: z - torch.logsumexp(z.flatten(), dim=0)),
+         "That normalises over the whole batch at once: sum along the last dimension only, "
+         "with keepdim=True."),
+        (_losses_gives(lambda z: torch.softmax(z, dim=-1)),
+         "That is the softmax itself: return its logarithm."),
+    ]),
+))
+
+
+def _losses_ce_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(2)
+    return [
+        Case((torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]]), torch.tensor([0, 2])),
+             "logits [[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]] and targets [0, 2]"),
+        Case((torch.randn(5, 4, generator=gen), torch.tensor([3, 0, 1, 1, 2])),
+             "a batch of 5 examples and 4 classes"),
+        Case((torch.tensor([[1000.0, 0.0, -1000.0], [0.0, 1000.0, -1000.0]]), torch.tensor([2, 1])),
+             "the large logits [[1000.0, 0.0, -1000.0], [0.0, 1000.0, -1000.0]] and targets [2, 1]"),
+    ]
+
+
+def _losses_rows(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return log_p[torch.arange(len(targets)), targets]
+
+
+register(Exercise(
+    name="losses.cross_entropy",
+    title="Write cross-entropy from log-softmax",
+    practises="picking one log-probability per row; the batch mean",
+    minutes=10,
+    hint="log_p = log_softmax(logits); take log_p[torch.arange(N), targets], one entry per row, "
+         "and return minus its mean.",
+    judge=_losses_judge(_losses_ce_cases, lambda z, y: torch.nn.functional.cross_entropy(z, y), [
+        (_losses_not_finite,
+         "log(softmax(z)) overflows for large logits (exp(1000) is inf): take the "
+         "log-probabilities from your log_softmax, which subtracts the maximum first."),
+        (_losses_gives(lambda z, y: _losses_rows(torch.log_softmax(z, -1), y).mean()),
+         "The sign is wrong: the loss is the negative log-probability of the right class, "
+         "-log p[i, y_i], which is never below 0."),
+        (_losses_gives(lambda z, y: -_losses_rows(torch.log_softmax(z, -1), y).sum()),
+         "That is the sum over the batch: divide by the number of examples."),
+        (_losses_gives(lambda z, y: -torch.log_softmax(z, -1)[:, y].mean()),
+         "log_p[:, targets] picks an N × N block (every example's log-probability of every "
+         "example's target): pick one entry per row, log_p[torch.arange(N), targets]."),
+        (_losses_gives(lambda z, y: -(torch.log_softmax(z, -1)
+                                       * torch.nn.functional.one_hot(y, z.shape[-1])).mean()),
+         "That divides by N × C: sum over the classes, then average over the examples only."),
+        (_losses_gives(lambda z, y: -_losses_rows(torch.softmax(z, -1), y).mean()),
+         "That averages the probabilities of the right classes: the loss is minus their logarithm."),
+    ]),
+))
+
+
+# --- Chapter: Optimizers: from gradient descent to AdamW (book/optimizers.ipynb) ---
+
+
+def _torch_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    """Adam's update number `step` by torch.optim.Adam itself, from the given averages."""
+    p = param.detach().clone()
+    p.grad = grad.detach().clone()
+    optimizer = torch.optim.Adam([p], lr=lr, betas=betas, eps=eps, foreach=False)
+    optimizer.state[p] = {"step": torch.tensor(float(step - 1)), "exp_avg": exp_avg.clone(),
+                          "exp_avg_sq": exp_avg_sq.clone()}
+    optimizer.step()
+    state = optimizer.state[p]
+    return p, state["exp_avg"], state["exp_avg_sq"]
+
+
+def _adam_variant(bias_correct_m=True, bias_correct_v=True, eps_inside_sqrt=False):
+    """Adam written with one of the usual slips, to recognise it in an answer."""
+    def step_(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        beta1, beta2 = betas
+        m = beta1 * exp_avg + (1 - beta1) * grad
+        v = beta2 * exp_avg_sq + (1 - beta2) * grad**2
+        m_hat = m / (1 - beta1**step) if bias_correct_m else m
+        v_hat = v / (1 - beta2**step) if bias_correct_v else v
+        denominator = (v_hat + eps).sqrt() if eps_inside_sqrt else v_hat.sqrt() + eps
+        return param - lr * m_hat / denominator, m, v
+    return step_
+
+
+def _adam_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(4)
+    param, grad = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    exp_avg = 0.1 * torch.randn(4, generator=g, dtype=torch.float64)
+    exp_avg_sq = 0.1 * torch.rand(4, generator=g, dtype=torch.float64)
+    zeros = torch.zeros(4, dtype=torch.float64)
+    return [
+        Case((param, grad, zeros, zeros, 1), "the first step (step=1, averages at zero)"),
+        Case((param, grad, exp_avg, exp_avg_sq, 3), "step=3 with non-zero averages"),
+        Case((param, grad, exp_avg, exp_avg_sq, 2), "step=2, lr=0.1, betas=(0.5, 0.9)",
+             dict(lr=0.1, betas=(0.5, 0.9))),
+        Case((param, torch.tensor([0.0, 1e-9, -1e-9, 2.0], dtype=torch.float64), zeros, zeros, 1),
+             "a gradient with zero and tiny entries, eps=1e-6", dict(eps=1e-6)),
+    ]
+
+
+_ADAM_SLIPS = [
+    (_adam_variant(bias_correct_m=False, bias_correct_v=False),
+     "the update matches Adam WITHOUT bias correction (the article's formula): divide m by "
+     "1 - beta1**step and v by 1 - beta2**step before the update"),
+    (_adam_variant(bias_correct_m=False),
+     "the update forgets the bias correction of m: divide m by 1 - beta1**step"),
+    (_adam_variant(bias_correct_v=False),
+     "the update forgets the bias correction of v: divide v by 1 - beta2**step"),
+    (_adam_variant(eps_inside_sqrt=True),
+     "eps is inside the square root: the denominator is sqrt(v_hat) + eps"),
+]
+
+
+def _judge_with_slips(answer, cases, expected, slips, atol=1e-9, rtol=1e-7) -> str | None:
+    """Run `answer` on each case; on a wrong result, name the usual slip it matches, if any."""
+    for case in cases:
+        want = expected(*case.args, **case.kwargs)
+        try:
+            got = answer(*case.args, **case.kwargs)
+        except NotImplementedError:
+            raise
+        except Exception as error:  # the learner's bug, reported rather than raised
+            return (f"on {case.label}: the answer raised {type(error).__name__}: {error}"
+                    f"{_where_it_raised(error)}")
+        try:
+            compare(got, tuple(want), atol, rtol)
+        except _Mismatch as mismatch:
+            for slip, explanation in slips:
+                try:
+                    compare(got, tuple(slip(*case.args, **case.kwargs)), atol, rtol)
+                except Exception:  # not this slip (it may not even run on this case)
+                    continue
+                return f"on {case.label}: {explanation}"
+            return f"on {case.label}: {mismatch}"
+    return None
+
+
+register(Exercise(
+    name="optimizers.adam_step",
+    title="One step of Adam, with bias correction",
+    practises="Adam's averages, bias correction and update, against torch.optim.Adam",
+    minutes=15,
+    hint="update m and v with the new gradient first, then divide m by 1 - beta1**step and v by "
+         "1 - beta2**step, then step by lr * m_hat / (sqrt(v_hat) + eps). Return the new "
+         "(param, m, v).",
+    judge=lambda answer: _judge_with_slips(answer, _adam_cases(), _torch_adam_step, _ADAM_SLIPS),
+))
+
+
+def _torch_momentum_step(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
+    """One step of torch.optim.SGD with momentum, from the given buffer (None: the first step)."""
+    p = param.detach().clone()
+    p.grad = grad.detach().clone()
+    optimizer = torch.optim.SGD([p], lr=lr, momentum=momentum, dampening=dampening,
+                                nesterov=nesterov, foreach=False)
+    if buffer is not None:
+        optimizer.state[p] = {"momentum_buffer": buffer.clone()}
+    optimizer.step()
+    return p, optimizer.state[p]["momentum_buffer"]
+
+
+def _textbook_momentum(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
+    velocity = -lr * grad if buffer is None else momentum * buffer - lr * grad
+    return param + velocity, velocity
+
+
+def _momentum_damped_from_the_start(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
+    b = (1 - dampening) * grad if buffer is None else momentum * buffer + (1 - dampening) * grad
+    return param - lr * (grad + momentum * b if nesterov else b), b
+
+
+def _momentum_without_nesterov(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
+    b = grad.clone() if buffer is None else momentum * buffer + (1 - dampening) * grad
+    return param - lr * b, b
+
+
+def _momentum_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(5)
+    param, grad = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    buffer = torch.randn(3, generator=g, dtype=torch.float64)
+    return [
+        Case((param, grad, None, 0.1, 0.9), "the first step (buffer=None), lr=0.1, momentum=0.9"),
+        Case((param, grad, buffer, 0.1, 0.9), "a later step (a buffer given), lr=0.1, momentum=0.9"),
+        Case((param, grad, None, 0.1, 0.9, 0.5), "the first step with dampening=0.5"),
+        Case((param, grad, buffer, 0.05, 0.8, 0.5), "a later step with dampening=0.5"),
+        Case((param, grad, buffer, 0.1, 0.9), "a later step with nesterov=True", dict(nesterov=True)),
+    ]
+
+
+_MOMENTUM_SLIPS = [
+    (_textbook_momentum,
+     "the answer is the textbook form (v <- momentum * v - lr * g; param <- param + v); PyTorch's "
+     "buffer sums gradients, b <- momentum * b + (1 - dampening) * g, and the step is param <- "
+     "param - lr * b"),
+    (_momentum_damped_from_the_start,
+     "the first step dampens the gradient; PyTorch starts the buffer at the gradient itself, "
+     "b <- g, and dampens only later steps"),
+    (_momentum_without_nesterov,
+     "nesterov=True is ignored: with Nesterov the step is lr * (g + momentum * b), not lr * b"),
+]
+
+register(Exercise(
+    name="optimizers.momentum_step",
+    title="One step of SGD with momentum, PyTorch's form",
+    practises="the momentum buffer, dampening and Nesterov, against torch.optim.SGD",
+    minutes=10,
+    hint="if buffer is None, the new buffer is the gradient itself; otherwise it is momentum * "
+         "buffer + (1 - dampening) * grad. The step is lr times the buffer, or lr * (grad + "
+         "momentum * buffer) with nesterov=True. Return (new_param, new_buffer).",
+    judge=lambda answer: _judge_with_slips(answer, _momentum_cases(), _torch_momentum_step, _MOMENTUM_SLIPS),
+))
+
+
+def _judge_learning_rate(answer) -> str | None:
+    """Gradient descent (torch.optim.SGD) with the answer's rate on (a x² + b y²)/2 from (1, 1)."""
+    steps, tolerance = 100, 1e-2
+    for a, b in [(1.0, 20.0), (1.0, 5.0), (4.0, 10.0), (0.1, 1.0), (20.0, 2.0)]:
+        lr = answer(a, b)
+        if isinstance(lr, torch.Tensor) and lr.numel() == 1:
+            lr = lr.item()
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+            return f"for a={a}, b={b}, expected a learning rate (a number), got {_describe(lr)}"
+        if lr <= 0:
+            return f"for a={a}, b={b}, the answer gave lr={lr:g}: a learning rate must be positive"
+        xy = torch.ones(2, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.SGD([xy], lr=lr)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            (0.5 * (a * xy[0] ** 2 + b * xy[1] ** 2)).backward()
+            optimizer.step()
+        distance = xy.detach().abs().max().item()
+        if distance <= tolerance:
+            continue
+        factors = {"x": 1 - lr * a, "y": 1 - lr * b}  # what one step multiplies each coordinate by
+        worst = max(factors, key=lambda k: abs(factors[k]))
+        if abs(factors[worst]) >= 1:
+            return (f"for a={a}, b={b}, lr={lr:g} does not converge: each step multiplies {worst} by "
+                    f"1 - lr * {a if worst == 'x' else b} = {factors[worst]:.3g}, whose size is not below 1. "
+                    f"Keep lr below 2 / {max(a, b)} = {2 / max(a, b):.3g} (2 over the largest curvature).")
+        return (f"for a={a}, b={b}, lr={lr:g} converges but too slowly: after {steps} steps {worst} is "
+                f"still {xy.detach()[0 if worst == 'x' else 1].item():.3g}, because each step multiplies "
+                f"it by {factors[worst]:.3g}. A larger rate, still below 2 / {max(a, b)}, does better.")
+    return None
+
+
+register(Exercise(
+    name="optimizers.learning_rate",
+    title="Pick a learning rate that converges on the quadratic",
+    practises="the stability limit lr < 2 / (largest curvature) and the speed set by the smallest",
+    minutes=15,
+    hint="one step of gradient descent multiplies x by 1 - lr * a and y by 1 - lr * b. Both factors "
+         "must be smaller than 1 in size, and the larger of the two decides the speed.",
+    judge=_judge_learning_rate,
+))
+
+
+# --- Chapter: Loading data: datasets, loaders and CIFAR-10 (book/data.ipynb) ---
+
+
+def _data_images(seed: int, n: int, height: int, width: int, scale: tuple[int, int, int]) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, height, width), generator=gen)
+    return (images * torch.tensor(scale)[:, None, None] // 255).to(torch.uint8)
+
+
+def _data_stats_cases() -> list[Case]:
+    return [
+        Case((_data_images(0, 4, 5, 6, (255, 255, 255)),), "4 random uint8 images of shape (3, 5, 6)"),
+        Case((_data_images(1, 6, 3, 3, (255, 128, 30)),), "6 images whose channels have different ranges"),
+        Case((_data_images(2, 1, 4, 4, (200, 200, 200)),), "a single image (N = 1)"),
+    ]
+
+
+def _data_true_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    std, mean = torch.std_mean(images.double() / 255, dim=(0, 2, 3), correction=0)
+    return mean.float(), std.float()
+
+
+def _data_stats_mistake(got: Any, images: torch.Tensor) -> str:
+    """Name the usual mistake behind a wrong (mean, std), or return ''."""
+    x = images.double()
+    candidates = [
+        (lambda: torch.std_mean(x, dim=(0, 2, 3), correction=0)[::-1],
+         "Those are the statistics of the raw 0-255 values: divide by 255 first, as the ToDtype "
+         "transform (scale=True) does."),
+        (lambda: (torch.std_mean(x / 255, dim=(0, 2, 3), correction=1)[1],
+                  torch.std_mean(x / 255, dim=(0, 2, 3), correction=1)[0]),
+         "That std divides by M - 1 (Bessel's correction); the normalisation uses the population "
+         "std, which divides by M: pass correction=0 (or unbiased=False)."),
+        (lambda: ((x / 255).mean(dim=(0, 2, 3)), (x / 255).std(dim=(2, 3), correction=0).mean(0)),
+         "That std is the average of each image's own std, which leaves out how images differ from "
+         "one another: take the std over all pixels of all images at once, dim=(0, 2, 3)."),
+        (lambda: torch.std_mean(x / 255, dim=(1, 2, 3), correction=0)[::-1],
+         "Those are one mean and std per image: reduce over images, height and width, dim=(0, 2, 3), "
+         "to get one per channel."),
+    ]
+    for wrong, explanation in candidates:
+        mean, std = (t.float() for t in wrong())
+        if (isinstance(got, (tuple, list)) and len(got) == 2
+                and all(isinstance(g, torch.Tensor) and g.shape == w.shape for g, w in zip(got, (mean, std)))
+                and torch.allclose(got[0].float(), mean, atol=1e-5) and torch.allclose(got[1].float(), std, atol=1e-5)):
+            return explanation
+    return ""
+
+
+def _data_judge_stats(answer: Callable) -> str | None:
+    for case in _data_stats_cases():
+        images = case.args[0]
+        want = _data_true_stats(images)
+        try:
+            got = answer(images.clone())
+        except NotImplementedError:
+            raise
+        except Exception as error:
+            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        if not (isinstance(got, (tuple, list)) and len(got) == 2):
+            return f"on {case.label}, expected a pair (mean, std), got {_describe(got)}"
+        try:
+            compare(tuple(got), want, atol=1e-5, rtol=1e-4)
+        except _Mismatch as mismatch:
+            explanation = _data_stats_mistake(got, images)
+            return f"on {case.label}, {mismatch}" + (f". {explanation}" if explanation else "")
+    return None
+
+
+register(Exercise(
+    name="data.channel_mean_std",
+    title="Per-channel mean and standard deviation",
+    practises="reducing over the right dimensions; the statistics used to normalise images",
+    minutes=10,
+    hint="scale to [0, 1] with images.float() / 255, then reduce over dim=(0, 2, 3) (images, height, "
+         "width), keeping the channel dimension; torch.std_mean(..., correction=0) gives both.",
+    judge=_data_judge_stats,
+))
+
+
+def _data_batches_cases() -> list[Case]:
+    return [
+        Case((10, 4), "10 samples in batches of 4", {"drop_last": False}),
+        Case((10, 4), "10 samples in batches of 4 with drop_last=True", {"drop_last": True}),
+        Case((12, 4), "12 samples in batches of 4", {"drop_last": False}),
+        Case((3, 4), "3 samples in batches of 4 with drop_last=True", {"drop_last": True}),
+        Case((45000, 64), "45000 samples in batches of 64", {"drop_last": False}),
+    ]
+
+
+def _data_loader_length(num_samples: int, batch_size: int, drop_last: bool = False) -> int:
+    from torch.utils.data import DataLoader
+
+    return len(DataLoader(range(num_samples), batch_size=batch_size, drop_last=drop_last))
+
+
+register(Exercise(
+    name="data.batches_per_epoch",
+    title="How many batches in an epoch",
+    practises="what batch_size and drop_last do to an epoch",
+    minutes=5,
+    hint="without drop_last the last, smaller batch counts too: ceil(N / B), which is "
+         "(N + B - 1) // B in integers; with drop_last it is left out: N // B.",
+    cases=_data_batches_cases,
+    expected=_data_loader_length,
+))
+
+
+# --- Chapter: The training loop: a CNN on CIFAR-10 (book/training.ipynb) ---
+
+
+def _training_conv_cases() -> list[Case]:
+    return [
+        Case((32, 5), "size 32, kernel 5 (the first layer of the chapter's CNN)"),
+        Case((14, 5), "size 14, kernel 5"),
+        Case((32, 3), "size 32, kernel 3, padding 1", {"padding": 1}),
+        Case((32, 3), "size 32, kernel 3, stride 2, padding 1", {"stride": 2, "padding": 1}),
+        Case((7, 2), "size 7, kernel 2, stride 2 (as a 2x2 max-pooling)", {"stride": 2}),
+    ]
+
+
+def _training_conv_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0) -> int:
+    conv = torch.nn.Conv2d(1, 1, kernel_size, stride=stride, padding=padding)
+    with torch.no_grad():
+        return conv(torch.zeros(1, 1, size, size)).shape[-1]
+
+
+register(Exercise(
+    name="training.conv_output_size",
+    title="The size of a convolution's output",
+    practises="tracking tensor shapes through convolution and pooling layers",
+    minutes=5,
+    hint="a kernel of size k fits at (size + 2 * padding - k) positions after the first, one every "
+         "stride pixels: (size + 2 * padding - k) // stride + 1.",
+    cases=_training_conv_cases,
+    expected=_training_conv_size,
+))
+
+
+def _training_mean_loss_setup():
+    """A small model in training mode, with dropout, and a loader whose last batch is smaller."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(16, 3))
+    inputs, targets = torch.randn(10, 4, generator=gen), torch.randint(0, 3, (10,), generator=gen)
+    targets[8:] = int(model[3].bias.argmin())  # the last, small batch is harder than the rest
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=4)
+    return model, loader, inputs, targets
+
+
+def _training_judge_mean_loss(answer: Callable) -> str | None:
+    model, loader, inputs, targets = _training_mean_loss_setup()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.eval()
+    with torch.no_grad():
+        want = loss_fn(model(inputs), targets).item()
+        mean_of_batch_means = sum(loss_fn(model(x), y).item() for x, y in loader) / len(loader)
+    model.train()
+    seen = []  # (grad mode, training mode) at each forward pass
+    model.register_forward_hook(lambda module, args, output: seen.append((torch.is_grad_enabled(), module.training)))
+    label = "a model with dropout and a loader of 10 samples in batches of 4, 4 and 2"
+    try:
+        got = answer(model, loader, loss_fn)
+    except NotImplementedError:
+        raise
+    except Exception as error:
+        return f"on {label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if not isinstance(got, float):
+        return f"on {label}, expected a float, got {type(got).__name__} {_describe(got)}"
+    if any(training for _, training in seen):
+        return (f"on {label}, the model was in training mode during the evaluation, so dropout was "
+                f"active: call model.eval() before the loop")
+    if any(grad for grad, _ in seen):
+        return (f"on {label}, the forward passes recorded a graph for gradients: wrap the loop in "
+                f"torch.no_grad() (or decorate the function with @torch.no_grad())")
+    if not model.training:
+        return f"on {label}, the model was left in eval mode: put it back with model.train() at the end"
+    if math.isclose(got, mean_of_batch_means, rel_tol=1e-5) and not math.isclose(got, want, rel_tol=1e-5):
+        return (f"on {label}, expected {want:.6g}, got {got:.6g}: that is the mean of the three batch "
+                f"means, which gives the last batch of 2 as much weight as the batches of 4. Weight "
+                f"each batch's mean loss by its size and divide by the number of samples")
+    if not math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-7):
+        return f"on {label}, expected {want:.6g}, got {got:.6g}"
+    return None
+
+
+register(Exercise(
+    name="training.mean_loss",
+    title="The mean loss over a loader",
+    practises="evaluation mode, torch.no_grad, and averaging over samples rather than batches",
+    minutes=10,
+    hint="model.eval(); under torch.no_grad(), add loss_fn(model(x), y).item() * len(y) for every "
+         "batch and divide by the number of samples; then model.train().",
+    judge=_training_judge_mean_loss,
+))
+
+
+# --- Chapter: Autograd, from the chain rule to a working engine (book/autograd.ipynb) ---
+
+
+def _judge_sigmoid_op(answer: Callable) -> str | None:
+    from helpers.engine import Value
+
+    def sigmoid(x: float) -> float:
+        return 1.0 / (1.0 + math.exp(-x))
+
+    def close(a: float, b: float) -> bool:
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+    for x in (-2.0, 0.0, 0.7, 3.0):
+        v = Value(x)
+        out = answer(v)
+        if not isinstance(out, Value):
+            return (f"sigmoid(v) returned a {type(out).__name__}, not a Value: build the result with "
+                    f"Value(number, (v,), 'sigmoid')")
+        s = sigmoid(x)
+        if not close(out.data, s):
+            return f"sigmoid(v).data is {out.data:.4g} at v = {x:g}, but sigmoid({x:g}) = {s:.4g}"
+        if len(out._parents) != 1 or out._parents[0] is not v:
+            return ("sigmoid(v) should be one new Value whose only parent is v, with its own backward "
+                    "closure; this one was built from other operations of the engine")
+        out.backward()
+        if not close(v.grad, s * (1 - s)):
+            hint = ": set out._backward to a closure that adds to v.grad" if v.grad == 0 else ""
+            return (f"after sigmoid(v).backward() at v = {x:g}, v.grad is {v.grad:.4g} but should be "
+                    f"{s * (1 - s):.4g}{hint}")
+
+    v = Value(1.0)  # the closure must scale by the gradient it is given, here 3
+    (answer(v) * 3).backward()
+    s = sigmoid(1.0)
+    if not close(v.grad, 3 * s * (1 - s)):
+        hint = (": multiply the local derivative by the gradient the closure receives"
+                if close(v.grad, s * (1 - s)) else "")
+        return f"on sigmoid(v) * 3, v.grad is {v.grad:.4g} but should be {3 * s * (1 - s):.4g}{hint}"
+
+    v = Value(1.5)  # v reaches the output along two paths; the closure must add, not overwrite
+    (answer(v) * v).backward()
+    s = sigmoid(1.5)
+    right, overwritten = s * (1 - s) * 1.5 + s, s * (1 - s) * 1.5
+    if not close(v.grad, right):
+        hint = ": add to v.grad (+=) instead of overwriting it" if close(v.grad, overwritten) else ""
+        return (f"on sigmoid(v) * v, where v also receives a gradient along another path, v.grad is "
+                f"{v.grad:.4g} but should be {right:.4g}{hint}")
+    return None
+
+
+register(Exercise(
+    name="autograd.sigmoid_op",
+    title="Add an operation to the engine",
+    practises="local derivatives; backward closures that accumulate into .grad",
+    minutes=15,
+    hint="compute s = 1 / (1 + exp(-v.data)), make out = Value(s, (v,), 'sigmoid'), and set "
+         "out._backward to a function of the incoming gradient that does v.grad += s * (1 - s) * grad.",
+    judge=_judge_sigmoid_op,
+))
+
+
+def _judge_train_step(answer: Callable) -> str | None:
+    import copy
+
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(0)  # the learner's global random state is left alone
+    model = torch.nn.utils.skip_init(torch.nn.Linear, 3, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(2, 3, generator=generator))
+        model.bias.copy_(torch.randn(2, generator=generator))
+    reference = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(4, 3, generator=generator), torch.randn(4, 2, generator=generator))
+               for _ in range(3)]
+    for k, (inputs, targets) in enumerate(batches, start=1):
+        before = [p.detach().clone() for p in model.parameters()]
+        loss = answer(model, optimizer, inputs, targets)
+        # What the step must do: one step of gradient descent on this batch's loss alone.
+        expected_loss = F.mse_loss(reference(inputs), targets)
+        grads = torch.autograd.grad(expected_loss, list(reference.parameters()))
+        with torch.no_grad():
+            for p, g in zip(reference.parameters(), grads):
+                p -= 0.1 * g
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            loss = loss.item()
+        if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+            return f"train_step should return the loss as a number (loss.item()), got {type(loss).__name__}"
+        if not math.isclose(loss, expected_loss.item(), rel_tol=1e-5, abs_tol=1e-6):
+            return (f"on batch {k}, train_step returned the loss {loss:.4g}, but the batch's mean squared "
+                    f"error before the step is {expected_loss.item():.4g}")
+        after = [p.detach() for p in model.parameters()]
+        if all(torch.equal(a, b) for a, b in zip(after, before)):
+            return (f"after step {k} the parameters did not change: the gradients were zeroed (or never "
+                    f"computed) between loss.backward() and optimizer.step()")
+        worst = max((a - r).abs().max().item() for a, r in zip(after, reference.parameters()))
+        if worst > 1e-5:
+            if k == 1:
+                return (f"after step 1 the parameters differ from one gradient-descent step on the batch's "
+                        f"mean squared error (largest difference {worst:.3g})")
+            right = "step 1 is right" if k == 2 else f"steps 1 to {k - 1} are right"
+            return (f"{right}, but after step {k} the parameters differ from one gradient-descent step on "
+                    f"batch {k} (largest difference {worst:.3g}), as when gradients left over from earlier "
+                    f"steps are added to this one: call optimizer.zero_grad() before loss.backward()")
+    return None
+
+
+register(Exercise(
+    name="autograd.train_step",
+    title="Find the bug in a training step",
+    practises="gradient accumulation; the order zero_grad, forward, backward, step",
+    minutes=10,
+    hint="backward() adds to .grad; nothing clears it unless you call optimizer.zero_grad(). "
+         "Clear it before loss.backward(), never between backward() and step().",
+    judge=_judge_train_step,
+))
+
+
+def _logistic_cases() -> list[Case]:
+    generator = torch.Generator().manual_seed(0)
+    cases = []
+    for n, d in ((4, 2), (10, 3), (1, 5)):
+        X = torch.randn(n, d, generator=generator, dtype=torch.float64)
+        t = (torch.rand(n, generator=generator) < 0.5).double()
+        w = torch.randn(d, generator=generator, dtype=torch.float64)
+        b = torch.randn((), generator=generator, dtype=torch.float64)
+        cases.append(Case((X, t, w, b), f"{n} point{'s' if n > 1 else ''} in {d} dimensions"))
+    return cases
+
+
+def _logistic_grad_by_autograd(X, t, w, b):
+    import torch.nn.functional as F
+
+    w, b = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    loss = F.binary_cross_entropy_with_logits(X @ w + b, t)  # the mean over the points
+    return torch.autograd.grad(loss, (w, b))
+
+
+register(Exercise(
+    name="autograd.logistic_grad",
+    title="Compute a gradient by hand",
+    practises="the chain rule on a mean loss; gradient shapes",
+    minutes=15,
+    hint="with p = sigmoid(X @ w + b), the derivative of the loss of point i with respect to its "
+         "logit is p_i - t_i; the mean over n points divides by n. dL/dw has the shape of w (d,), "
+         "dL/db the shape of b ().",
+    cases=_logistic_cases,
+    expected=_logistic_grad_by_autograd,
+    atol=1e-9,
+    rtol=1e-7,
+))
+
+
+# --- Chapter: Making training fast, measured step by step (book/fast_training.ipynb) ---
+
+
+def _fast_smoothing_cases() -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    generator = torch.Generator().manual_seed(0)
+    cases = []
+    for n, k, smoothing in ((5, 10, 0.2), (3, 4, 0.1), (4, 10, 0.5), (6, 3, 0.0)):
+        logits = 3 * torch.randn(n, k, generator=generator)
+        cases.append((logits, torch.randint(0, k, (n,), generator=generator), smoothing))
+    return cases
+
+
+def _fast_judge_smoothing(answer: Callable) -> str | None:
+    import torch.nn.functional as F
+
+    for logits, targets, smoothing in _fast_smoothing_cases():
+        n, k = logits.shape
+        label = f"{n} rows of {k} logits with smoothing {smoothing}"
+        want = F.cross_entropy(logits, targets, label_smoothing=smoothing)
+        try:
+            got = answer(logits.clone(), targets.clone(), smoothing)
+        except NotImplementedError:
+            raise
+        except Exception as error:
+            return f"on {label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        if not isinstance(got, torch.Tensor) or got.numel() != 1:
+            return f"on {label}, expected a tensor holding one number (the mean loss), got {_describe(got)}"
+        got = got.detach().reshape(())
+
+        def close(value: torch.Tensor) -> bool:
+            return bool(torch.allclose(got.double(), value.double(), rtol=1e-5, atol=1e-6))
+
+        if close(want):
+            continue
+        onehot = F.one_hot(targets, k).float()
+        log_p = F.log_softmax(logits, dim=1)
+        others_only = (1 - smoothing) * onehot + smoothing / (k - 1) * (1 - onehot)
+        if smoothing > 0 and close(-(others_only * log_p).sum(1).mean()):
+            return (f"on {label}, expected {want.item():.6g}, got {got.item():.6g}: that spreads the "
+                    f"smoothing over the {k - 1} wrong classes only. Spread it over all {k} classes, "
+                    f"the right one included: q_k = (1 - smoothing) [k = y] + smoothing / {k}")
+        if close(want * n):
+            return (f"on {label}, expected {want.item():.6g}, got {got.item():.6g}: that is the sum over "
+                    f"the batch; return the mean over its {n} rows")
+        if smoothing > 0 and close(F.cross_entropy(logits, targets)):
+            return (f"on {label}, expected {want.item():.6g}, got {got.item():.6g}: that is the plain "
+                    f"cross-entropy, without smoothing")
+        return f"on {label}, expected {want.item():.6g}, got {got.item():.6g}"
+    return None
+
+
+register(Exercise(
+    name="fast_training.smoothed_cross_entropy",
+    title="Label smoothing by hand",
+    practises="label smoothing; cross-entropy against a target distribution",
+    minutes=10,
+    hint="build q = (1 - smoothing) * F.one_hot(targets, K) + smoothing / K, then take "
+         "-(q * F.log_softmax(logits, dim=1)).sum(dim=1).mean().",
+    judge=_fast_judge_smoothing,
+))
+
+
+def _fast_crop_cases() -> list[Case]:
+    generator = torch.Generator().manual_seed(0)
+    cases = []
+    for n, c, size, padding in ((4, 3, 8, 2), (3, 1, 6, 1), (5, 2, 7, 3)):
+        images = torch.randn(n, c, size, size, generator=generator)
+        top = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        left = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+        cases.append(Case((images, padding, top, left),
+                          f"{n} images of {c}x{size}x{size}, padding {padding}, top {top.tolist()}, "
+                          f"left {left.tolist()}"))
+    return cases
+
+
+def _fast_judge_crop(answer: Callable) -> str | None:
+    import torch.nn.functional as F
+
+    from helpers.fast import crop_at
+
+    for case in _fast_crop_cases():
+        images, padding, top, left = case.args
+        want = crop_at(images, padding, top, left)
+        try:
+            got = answer(images.clone(), padding, top.clone(), left.clone())
+        except NotImplementedError:
+            raise
+        except Exception as error:
+            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        if isinstance(got, torch.Tensor) and got.shape == want.permute(0, 2, 3, 1).shape != want.shape:
+            return (f"on {case.label}, expected shape {tuple(want.shape)}, got {tuple(got.shape)}: the "
+                    f"gather gives (N, H, W, C); permute it to (N, C, H, W)")
+        try:
+            compare(got, want, 1e-6, 1e-5)
+        except _Mismatch as mismatch:
+            if isinstance(got, torch.Tensor) and got.shape == want.shape:
+                n, _, h, w = images.shape
+                zero_padded = F.pad(images, (padding,) * 4)
+                with_zeros = torch.stack([zero_padded[i, :, t:t + h, l:l + w]
+                                          for i, (t, l) in enumerate(zip(top.tolist(), left.tolist()))])
+                if torch.allclose(got, with_zeros):
+                    return (f"on {case.label}, the pixels from the padding are zeros: pad by mirroring "
+                            f"the border, F.pad(images, (p, p, p, p), mode='reflect')")
+                if torch.allclose(got, crop_at(images, padding, left, top)):
+                    return (f"on {case.label}, the crops are shifted the wrong way: top[i] moves the "
+                            f"window down (rows, dimension 2), left[i] moves it right (columns, dimension 3)")
+            return f"on {case.label}, {mismatch}"
+    return None
+
+
+register(Exercise(
+    name="fast_training.crop_batch",
+    title="A batch of crops in one operation",
+    practises="advanced indexing; augmentation on whole batches on the device",
+    minutes=20,
+    hint="rows = top[:, None] + torch.arange(H) has shape (N, H) and cols = left[:, None] + "
+         "torch.arange(W) shape (N, W); padded[torch.arange(N)[:, None, None], :, rows[:, :, None], "
+         "cols[:, None, :]] has shape (N, H, W, C): permute it to (N, C, H, W).",
+    judge=_fast_judge_crop,
+))
+
+
+# --- Chapter: Scaling out with DistributedDataParallel (book/distributed.ipynb) ---
+
+
+def _distributed_shard_cases() -> list[Case]:
+    return [
+        Case((10, 2, 0, 0), "10 examples, 2 ranks, rank 0, epoch 0"),
+        Case((10, 2, 1, 1), "10 examples, 2 ranks, rank 1, epoch 1"),
+        Case((10, 3, 2, 0), "10 examples, 3 ranks, rank 2, epoch 0 (10 is not a multiple of 3)"),
+        Case((7, 4, 3, 2), "7 examples, 4 ranks, rank 3, epoch 2"),
+        Case((12, 4, 1, 5), "12 examples, 4 ranks, rank 1, epoch 5", {"seed": 3}),
+    ]
+
+
+def _distributed_sampler_indices(num_examples: int, world_size: int, rank: int, epoch: int,
+                                 seed: int = 0) -> list[int]:
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(range(num_examples), num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def _distributed_judge_shards(answer: Callable) -> str | None:
+    for case in _distributed_shard_cases():
+        n, world, rank, epoch = case.args
+        seed = case.kwargs.get("seed", 0)
+        want = _distributed_sampler_indices(n, world, rank, epoch, seed)
+        try:
+            got = answer(*case.args, **case.kwargs)
+        except NotImplementedError:
+            raise
+        except Exception as error:
+            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        if isinstance(got, torch.Tensor):
+            got = got.tolist()
+        if not isinstance(got, list) or not all(isinstance(i, int) for i in got):
+            return f"on {case.label}, expected a list of ints, got {_describe(got)}"
+        if got == want:
+            continue
+        if epoch > 0 and got == _distributed_sampler_indices(n, world, rank, 0, seed):
+            return (f"on {case.label}, got the order of epoch 0: the order must change every epoch, so "
+                    f"seed the generator with seed + epoch (what sampler.set_epoch does)")
+        if len(got) != len(want):
+            return (f"on {case.label}, expected {len(want)} indices, got {len(got)}: every rank gets "
+                    f"ceil({n} / {world}) = {len(want)}, the shuffled order being padded with its own "
+                    f"first indices up to {len(want) * world}")
+        generator = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(n, generator=generator).tolist()
+        order += order[: len(want) * world - n]
+        if got == order[rank * len(want):(rank + 1) * len(want)]:
+            return (f"on {case.label}, got a contiguous block of the shuffled order; rank {rank} takes "
+                    f"the positions {rank}, {rank + world}, {rank + 2 * world}, ... of it: "
+                    f"order[{rank}::{world}]")
+        return f"on {case.label}, expected {want}, got {got}"
+    return None
+
+
+register(Exercise(
+    name="distributed.shard_indices",
+    title="Which examples does each rank see?",
+    practises="DistributedSampler: one shuffled order per epoch, padded, taken with a stride",
+    minutes=15,
+    hint="order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist(); "
+         "pad it with its first entries up to ceil(n / world_size) * world_size; return "
+         "order[rank::world_size].",
+    judge=_distributed_judge_shards,
+))
+
+
+def _distributed_judge_accumulation(answer: Callable) -> str | None:
+    import copy
+
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
+    inputs, targets = torch.randn(12, 4, generator=generator), torch.randint(0, 3, (12,), generator=generator)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    reference = copy.deepcopy(model)
+    want = torch.autograd.grad(loss_fn(reference(inputs), targets), list(reference.parameters()))
+    for micro_batches in (3, 4):
+        label = f"12 examples in {micro_batches} micro-batches of {12 // micro_batches}"
+        for p in model.parameters():  # stale gradients from an earlier step
+            p.grad = torch.ones_like(p)
+        try:
+            got = answer(model, loss_fn, inputs.clone(), targets.clone(), micro_batches)
+        except NotImplementedError:
+            raise
+        except Exception as error:
+            return f"on {label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        if not isinstance(got, (list, tuple)) or len(got) != len(want):
+            return (f"on {label}, expected a list of {len(want)} gradients (one per parameter, in the order "
+                    f"of model.parameters()), got {_describe(got)}")
+        if all(isinstance(g, torch.Tensor) and g.shape == w.shape and torch.allclose(g, w, atol=1e-6)
+               for g, w in zip(got, want)):
+            continue
+        if all(isinstance(g, torch.Tensor) and g.shape == w.shape for g, w in zip(got, want)):
+            if all(torch.allclose(g, micro_batches * w, atol=1e-5) for g, w in zip(got, want)):
+                return (f"on {label}, the gradients are {micro_batches} times too large: each micro-batch's "
+                        f"loss is already a mean, so divide it by the number of micro-batches before "
+                        f"backward()")
+            if all(torch.allclose(g - 1, w, atol=1e-5) for g, w in zip(got, want)):
+                return (f"on {label}, the gradients include the ones left from an earlier step: backward() "
+                        f"adds to .grad, so zero it first (model.zero_grad())")
+        try:
+            compare(list(got), list(want), 1e-6, 1e-5)
+        except _Mismatch as mismatch:
+            return f"on {label}, {mismatch}"
+    return None
+
+
+register(Exercise(
+    name="distributed.accumulated_gradients",
+    title="A large batch from small ones: gradient accumulation",
+    practises="gradient accumulation and the effective batch size",
+    minutes=15,
+    hint="model.zero_grad(); for each of the micro_batches chunks (inputs.chunk(m), targets.chunk(m)), "
+         "call (loss_fn(model(x), y) / m).backward(); return [p.grad.clone() for p in model.parameters()].",
+    judge=_distributed_judge_accumulation,
+))
+
+
+# --- Chapter: Evaluating a classifier (book/evaluation.ipynb) ---
+
+
+def _evaluation_confusions() -> list[Case]:
+    gen = torch.Generator().manual_seed(0)
+    large = torch.randint(0, 40, (10, 10), generator=gen) + 60 * torch.eye(10, dtype=torch.int64)
+    return [
+        Case((torch.tensor([[2, 1, 1], [1, 1, 0], [0, 1, 3]]),), "the chapter's 3x3 example"),
+        Case((torch.tensor([[5, 0, 1], [2, 3, 0], [0, 0, 0]]),),
+             "a 3x3 matrix whose class 2 has no samples (its row is all zeros)"),
+        Case((torch.tensor([[1, 0, 0], [0, 1, 0], [0, 2, 0]]),), "a 3x3 matrix whose class 2 is never predicted"),
+        Case((large,), "a 10x10 matrix of counts"),
+    ]
+
+
+def _evaluation_recall_mistake(got: Any, confusion: torch.Tensor) -> str:
+    """Name the usual mistake behind a wrong per-class recall, or return ''."""
+    from helpers.metrics import precision
+
+    c = confusion.double()
+    rows = c.sum(dim=1)
+    if (isinstance(got, torch.Tensor) and got.shape == rows.shape and torch.isnan(got.double()).any()
+            and (rows == 0).any()):
+        k = int(torch.nonzero(rows == 0)[0])
+        return (f"Class {k} has no samples (row {k} sums to 0), so its recall is 0 by the convention of "
+                f"this book (scikit-learn's zero_division=0), not NaN: divide only where the row sum is positive")
+    candidates = [
+        (precision(confusion), "That is the precision: it divides the diagonal by the column sums (how often "
+                               "each class was predicted). Recall divides by the row sums (how many samples "
+                               "each class has): confusion.sum(dim=1)."),
+        ((c.diagonal() // rows.clamp_min(1)).float(),
+         "The answer looks like integer division, which rounds every recall below 1 down to 0: convert "
+         "the counts to float first (confusion.float())."),
+    ]
+    for wrong, explanation in candidates:
+        if isinstance(got, torch.Tensor) and got.shape == wrong.shape and torch.allclose(
+                got.double().nan_to_num(-1.0), wrong.double(), atol=1e-6):
+            return explanation
+    return ""
+
+
+def _evaluation_judge_recall(answer: Callable) -> str | None:
+    from helpers.metrics import recall
+
+    for case in _evaluation_confusions():
+        confusion = case.args[0]
+        want = recall(confusion)
+        try:
+            got = answer(confusion.clone())
+        except NotImplementedError:
+            raise
+        except Exception as error:
+            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        try:
+            compare(got, want, atol=1e-6, rtol=1e-5)
+        except _Mismatch as mismatch:
+            explanation = _evaluation_recall_mistake(got, confusion)
+            return f"on {case.label}, {mismatch}" + (f". {explanation}" if explanation else "")
+    return None
+
+
+register(Exercise(
+    name="evaluation.per_class_recall",
+    title="Per-class recall from a confusion matrix",
+    practises="reading a confusion matrix: rows are true classes; ratios with a zero denominator",
+    minutes=10,
+    hint="recall of class k is confusion[k, k] divided by the sum of row k (confusion.sum(dim=1)); "
+         "use torch.where to put 0 where a row sums to 0, and work in floats.",
+    judge=_evaluation_judge_recall,
+))
+
+
+def _evaluation_label_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(1)
+    y_true = torch.randint(0, 10, (200,), generator=gen)
+    noise = torch.randint(0, 10, (200,), generator=gen)
+    y_pred = torch.where(torch.rand(200, generator=gen) < 0.6, y_true, noise)
+    skewed_true = torch.tensor([0] * 12 + [1] * 3 + [2] * 5)
+    skewed_pred = torch.tensor([0] * 10 + [1] * 2 + [1] * 3 + [0, 0, 2, 2, 2])
+    return [
+        Case(([0, 0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 1, 2, 1, 0, 2, 2, 1, 2], 3), "the chapter's 10 samples of 3 classes"),
+        Case((skewed_true, skewed_pred, 3), "20 samples of 3 classes of sizes 12, 3 and 5"),
+        Case(([0, 1, 2, 2], [0, 1, 1, 1], 3), "4 samples whose class 2 is never predicted"),
+        Case(([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], 4), "5 samples of 4 classes, classes 2 and 3 absent"),
+        Case((y_true, y_pred, 10), "200 samples of 10 classes, 60% right"),
+    ]
+
+
+def _evaluation_true_macro_f1(y_true, y_pred, num_classes: int) -> float:
+    from helpers.metrics import confusion_matrix, f1_score, macro_average
+
+    return macro_average(f1_score(confusion_matrix(y_true, y_pred, num_classes)))
+
+
+def _evaluation_macro_f1_mistake(got: float, y_true, y_pred, num_classes: int) -> str:
+    from helpers.metrics import confusion_matrix, f1_score, macro_average, precision, recall
+
+    confusion = confusion_matrix(y_true, y_pred, num_classes)
+    f1 = f1_score(confusion).double()
+    support = confusion.sum(dim=1).double()
+    p, r = macro_average(precision(confusion)), macro_average(recall(confusion))
+    defined = (confusion.sum(dim=0) > 0) & (confusion.sum(dim=1) > 0)
+    candidates = [
+        (confusion.trace().item() / confusion.sum().item(),
+         "That is the accuracy, which equals the micro-averaged F1 (the counts of all classes pooled). "
+         "Macro-F1 is the mean of the num_classes per-class F1 scores, each class counting the same"),
+        ((f1 * support).sum().item() / support.sum().item(),
+         "That is the F1 scores weighted by each class's number of samples (scikit-learn's "
+         "average='weighted'). The macro average gives every class the same weight"),
+        (2 * p * r / (p + r) if p + r > 0 else 0.0,
+         "That is the harmonic mean of the macro precision and the macro recall. Macro-F1 first computes "
+         "each class's F1, then takes their plain mean"),
+        (f1[defined].mean().item() if defined.any() else math.nan,
+         "Classes that are never predicted, or have no samples, were left out of the mean. Their F1 is 0 "
+         "(zero_division=0) and they stay in the mean over all num_classes classes"),
+    ]
+    for wrong, explanation in candidates:
+        if not math.isnan(wrong) and math.isclose(got, wrong, rel_tol=1e-5, abs_tol=1e-7):
+            return explanation
+    return ""
+
+
+def _evaluation_judge_macro_f1(answer: Callable) -> str | None:
+    for case in _evaluation_label_cases():
+        want = _evaluation_true_macro_f1(*case.args)
+        try:
+            got = answer(*case.args)
+        except NotImplementedError:
+            raise
+        except Exception as error:
+            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        try:
+            compare(got, want, atol=1e-6, rtol=1e-5)
+        except _Mismatch as mismatch:
+            if isinstance(got, torch.Tensor) and got.numel() == 1:
+                got = got.item()
+            explanation = (_evaluation_macro_f1_mistake(float(got), *case.args)
+                           if isinstance(got, (int, float)) and not isinstance(got, bool) else "")
+            return f"on {case.label}, {mismatch}" + (f". {explanation}" if explanation else "")
+    return None
+
+
+register(Exercise(
+    name="evaluation.macro_f1",
+    title="Macro-F1 from labels",
+    practises="per-class F1 and the macro average; why it differs from accuracy on unbalanced classes",
+    minutes=15,
+    hint="count TP, FP and FN of each class k (or build the confusion matrix), F1_k = 2 TP / (2 TP + FP + FN) "
+         "with 0 when that denominator is 0, then the plain mean over all num_classes classes.",
+    judge=_evaluation_judge_macro_f1,
+))
+
+
+def _evaluation_curves() -> list[Case]:
+    return [
+        Case(([1.0, 0.8, 0.85, 0.9, 0.7], 2), "losses [1.0, 0.8, 0.85, 0.9, 0.7] with patience 2"),
+        Case(([1.0, 0.8, 0.85, 0.9, 0.7], 3), "losses [1.0, 0.8, 0.85, 0.9, 0.7] with patience 3"),
+        Case(([2.0, 1.5, 1.2, 1.1, 1.05], 2), "a loss that falls at every epoch, patience 2"),
+        Case(([1.2, 1.0, 1.0, 1.0, 1.1], 3), "losses [1.2, 1.0, 1.0, 1.0, 1.1] with patience 3 (ties)"),
+        Case(([0.9, 1.0, 1.1, 1.2], 1), "a loss that only rises, patience 1"),
+        Case(([1.5, 1.3, 1.2, 1.25, 1.22, 1.21, 1.3, 1.1], 3), "eight epochs with patience 3"),
+    ]
+
+
+def _evaluation_stopping(val_losses, patience: int) -> tuple[int, int]:
+    """(the epoch whose weights early stopping keeps, the epoch after which it stops), 1-based."""
+    best, best_epoch, waited = math.inf, 0, 0
+    for epoch, loss in enumerate(val_losses, start=1):
+        if loss < best:
+            best, best_epoch, waited = loss, epoch, 0
+        else:
+            waited += 1
+            if waited == patience:
+                return best_epoch, epoch
+    return best_epoch, len(val_losses)
+
+
+def _evaluation_judge_early_stopping(answer: Callable) -> str | None:
+    for case in _evaluation_curves():
+        losses, patience = case.args
+        want, stop = _evaluation_stopping(losses, patience)
+        try:
+            got = answer(list(losses), patience)
+        except NotImplementedError:
+            raise
+        except Exception as error:
+            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        if isinstance(got, bool) or not isinstance(got, int):
+            return f"on {case.label}, expected an epoch number (an int), got {type(got).__name__} {_describe(got)}"
+        if got == want:
+            continue
+        message = f"on {case.label}, expected epoch {want}, got {got}"
+        global_best = min(range(len(losses)), key=lambda i: losses[i]) + 1
+        ties_best = _evaluation_stopping_with_ties(losses, patience)
+        if got == want - 1:
+            message += (". Epochs are numbered from 1, as in fit's history: add 1 to the index of the best "
+                        "loss")
+        elif got == stop and stop != want:
+            message += (f". That is the epoch at which training stops (after {patience} epochs without "
+                        f"improvement); early stopping keeps the weights of the best epoch before it")
+        elif got == global_best:
+            message += (f". Epoch {got} has the lowest validation loss of the whole curve, but training "
+                        f"stopped after epoch {stop}, when {patience} epochs in a row had not improved on "
+                        f"epoch {want}: later epochs are never seen")
+        elif got == ties_best:
+            message += (". A loss equal to the best so far is not an improvement: keep the first epoch "
+                        "that reached it, and count the tie as an epoch without improvement")
+        return message
+    return None
+
+
+def _evaluation_stopping_with_ties(val_losses, patience: int) -> int:
+    best, best_epoch, waited = math.inf, 0, 0
+    for epoch, loss in enumerate(val_losses, start=1):
+        if loss <= best:
+            best, best_epoch, waited = loss, epoch, 0
+        else:
+            waited += 1
+            if waited == patience:
+                break
+    return best_epoch
+
+
+register(Exercise(
+    name="evaluation.early_stopping_epoch",
+    title="The epoch early stopping keeps",
+    practises="early stopping with patience on a validation curve",
+    minutes=10,
+    hint="walk the losses with enumerate(val_losses, start=1), remembering the best loss and its epoch; "
+         "count the epochs since the last strict improvement and stop when that count reaches patience.",
+    judge=_evaluation_judge_early_stopping,
+))

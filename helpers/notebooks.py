@@ -46,6 +46,8 @@ def problems(nb) -> list[str]:
         found.append("it was never executed by `python -m helpers.notebooks execute` (no stamp)")
     elif stamp.get("code_sha256") != code_hash(nb):
         found.append("its code changed after its outputs were produced: execute it again")
+    if "widgets" in nb.get("metadata", {}):
+        found.append("it stores widget state, which the book would load scripts for and not show")
     counts = []
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] != "code" or not "".join(cell["source"]).strip():
@@ -96,6 +98,9 @@ def execute(path: Path, timeout: int = 1800, out: Path | None = None) -> dict:
     # Jupyter and Colab need a kernelspec; an authoring tool's own metadata has no place here.
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata.pop("jupytext", None)
+    # Widgets are for live sessions; the book shows static figures, so no widget state is kept
+    # (it would make the page load widget scripts from a CDN to show nothing).
+    nb.metadata.pop("widgets", None)
     found = problems(nb)
     if found:
         # Keep the committed notebook as it was; leave the rejected run where it can be read.

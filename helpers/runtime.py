@@ -70,6 +70,22 @@ def device_name(device: torch.device | str) -> str:
     return device.type
 
 
+def describe_run(device: torch.device | str | None = None) -> str:
+    """One line saying where and how this notebook runs, for the top of a chapter that trains.
+
+    On a CPU it says that training will be slow; in quick mode, that the numbers are not the book's.
+    """
+    device = torch.device(device) if device is not None else pick_device()
+    line = f"Running on {device_name(device)}"
+    if device.type == "cpu":
+        line += " (no GPU found: this chapter runs, but slowly; in Colab choose Runtime > Change runtime type > GPU)"
+    if quick_mode():
+        line += ". Quick mode: small data and short training, so the numbers differ from the book's."
+    else:
+        line += ". Full run."
+    return line
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python's, NumPy's and PyTorch's generators (all devices) with one number.
 

@@ -73,3 +73,12 @@ def test_run_facts_name_the_data_sources(monkeypatch):
     facts = runtime.run_facts()
     assert facts["data_source"] == "generated stand-in"
     assert facts["torch"] == torch.__version__
+
+
+def test_describe_run_warns_on_a_cpu_and_in_quick_mode(monkeypatch):
+    monkeypatch.setenv(runtime.QUICK_ENV, "1")
+    line = runtime.describe_run("cpu")
+    assert line.startswith("Running on cpu (no GPU found: this chapter runs, but slowly")
+    assert line.endswith("so the numbers differ from the book's.")
+    monkeypatch.setenv(runtime.QUICK_ENV, "0")
+    assert runtime.describe_run("cpu").endswith(". Full run.")

@@ -1,0 +1,541 @@
+"""The training loop every chapter that trains uses: one epoch, evaluation, fit, checkpoints, curves.
+
+Introduced in the chapter "The training loop: a CNN on CIFAR-10" (book/training.ipynb).
+
+    model = SmallCNN().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    history = fit(model, loaders.train, loaders.validation, nn.CrossEntropyLoss(), optimizer,
+                  device, epochs=10, checkpoint_path="checkpoints/last.pt")
+    plot_history(history)
+
+Progress: in Jupyter, Colab or a terminal, ``train_one_epoch`` shows a live bar over the batches
+in tqdm's format (``ProgressBar``); when the epoch ends, ``fit`` replaces it with the finished
+bar and the epoch's losses and accuracies (``epoch_summary``). In a notebook that text is what
+the output keeps, so a notebook executed without a reader stores the summaries, and the built
+book shows them (a tqdm widget would be stored as "0%"). ``COURSE_EXECUTING=1`` skips the
+redrawing when no one watches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F  # the import the source article forgot
+from torch import nn
+
+from helpers.runtime import Timer
+
+EXECUTING_ENV = "COURSE_EXECUTING"
+CHECKPOINT_FORMAT = "helpers.training checkpoint"
+CHECKPOINT_VERSION = 1
+HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+
+
+class SmallCNN(nn.Module):
+    """The source article's CNN, made to run: LeNet-style, for CIFAR-10 images (N, 3, 32, 32).
+
+    Two convolutions (5x5, ReLU, 2x2 max-pooling) take the image from 3x32x32 to 16x5x5; three
+    linear layers map those 400 numbers to 120, 84 and finally 10 class scores (logits), (N, 10).
+    62,006 parameters.
+    """
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, kernel_size=5)  # 3x32x32 -> 6x28x28
+        self.conv2 = nn.Conv2d(6, 16, kernel_size=5)  # 6x14x14 -> 16x10x10
+        self.pool = nn.MaxPool2d(2, 2)  # halves height and width
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
+            raise ValueError(f"SmallCNN expects a batch of images of shape (N, 3, 32, 32), got "
+                             f"{tuple(x.shape)}" + (": add a batch dimension with x.unsqueeze(0)"
+                                                    if tuple(x.shape) == (3, 32, 32) else ""))
+        x = self.pool(F.relu(self.conv1(x)))  # (N, 6, 14, 14)
+        x = self.pool(F.relu(self.conv2(x)))  # (N, 16, 5, 5)
+        x = torch.flatten(x, 1)  # (N, 400); the article's x.view(-1, 400) hides a wrong shape
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)  # logits: CrossEntropyLoss applies the softmax itself
+
+
+# --- Small pieces of the loop ----------------------------------------------------------------------
+
+
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """Move a tensor, or the tensors in a (nested) tuple, list or dict, to ``device``.
+
+    ``non_blocking`` lets a copy from pinned memory overlap with the GPU's work.
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(item, device) for item in batch)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    return batch
+
+
+def count_correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """How many rows of ``outputs`` (N, classes) have their largest score at ``targets`` (N,).
+
+    ``sum_i [argmax_k outputs[i, k] == targets[i]]``, as a 0-dim tensor on the outputs' device
+    (reading it with ``.item()`` would wait for the GPU at every batch).
+    """
+    if outputs.dim() != 2 or targets.shape != outputs.shape[:1]:
+        raise ValueError(f"expected outputs (N, classes) and targets (N,), got {tuple(outputs.shape)} "
+                         f"and {tuple(targets.shape)}")
+    return (outputs.argmax(dim=1) == targets).sum()
+
+
+def _batch_size(targets: Any) -> int:
+    if isinstance(targets, (tuple, list)):
+        return _batch_size(targets[0])
+    if isinstance(targets, dict):
+        return _batch_size(next(iter(targets.values())))
+    return len(targets)
+
+
+def headless() -> bool:
+    """True when a notebook is being executed with no reader watching (``COURSE_EXECUTING=1``)."""
+    return os.environ.get(EXECUTING_ENV, "").strip() == "1"
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter or Colab kernel (an IPython kernel, not a terminal IPython)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+class ProgressBar:
+    """A progress bar over the batches of one epoch, in tqdm's format, where a reader sees it.
+
+    In Jupyter or Colab it is one text output, redrawn in place at most twice a second, with
+    the latest batch's loss; ``finish(text)`` replaces it for good, so an executed notebook
+    stores that final text (the finished bar and the epoch's results) and the built book shows
+    it, where a tqdm widget would have been stored as "0%". In a terminal it is a tqdm bar on
+    stderr that ``finish`` clears before printing ``text``. ``live=None`` draws only where
+    someone can watch: not with ``COURSE_EXECUTING=1``, nor into a file; ``finish`` still
+    prints.
+    """
+
+    redraw_seconds = 0.5
+
+    def __init__(self, total: int | None, description: str, live: bool | None = None):
+        self.total, self.description = total, description
+        self.count, self.loss = 0, None
+        self.visible = _in_notebook() or sys.stderr.isatty()  # a reader's frontend exists
+        self.live = live if live is not None else (self.visible and not headless())
+        self._started = self._last_draw = time.perf_counter()
+        self._elapsed = None  # frozen by freeze()
+        self._display = self._tqdm = None
+        if self.live and _in_notebook():
+            from IPython.display import Pretty, display
+
+            self._display = display(Pretty(self.text()), display_id=True)
+        elif self.live:
+            from tqdm.std import tqdm
+
+            self._tqdm = tqdm(total=total, desc=description, unit="batch", leave=False)
+
+    def text(self) -> str:
+        """The bar as tqdm draws it: ``epoch 1/3:  45%|████▌     | 317/704 [00:05<00:06, ...]``."""
+        from tqdm import tqdm
+
+        elapsed = self._elapsed if self._elapsed is not None else time.perf_counter() - self._started
+        postfix = f"loss={self.loss:.3f}" if self.loss is not None and self._elapsed is None else None
+        return tqdm.format_meter(self.count, self.total, elapsed, prefix=self.description, unit="batch",
+                                 postfix=postfix)
+
+    def update(self, loss: torch.Tensor | None = None) -> None:
+        """One more batch done; ``loss`` is read (``.item()``, a wait for the GPU) only to redraw."""
+        self.count += 1
+        if self._tqdm is not None:
+            self._tqdm.update(1)
+        now = time.perf_counter()
+        if self.live and now - self._last_draw >= self.redraw_seconds:
+            self._last_draw = now
+            self.loss = float(loss) if loss is not None else None
+            if self._display is not None:
+                from IPython.display import Pretty
+
+                self._display.update(Pretty(self.text()))
+            elif self._tqdm is not None and self.loss is not None:
+                self._tqdm.set_postfix(loss=f"{self.loss:.3f}")
+
+    def freeze(self) -> None:
+        """Stop the clock: the epoch's batches are done."""
+        if self._elapsed is None:
+            self._elapsed = time.perf_counter() - self._started
+
+    def finish(self, text: str | None = None) -> None:
+        """Replace the bar with ``text`` (default: the finished bar), or print it."""
+        self.freeze()
+        text = self.text() if text is None else text
+        if self._display is not None:
+            from IPython.display import Pretty
+
+            self._display.update(Pretty(text))
+        else:
+            if self._tqdm is not None:
+                self._tqdm.close()
+            print(text, flush=True)
+
+    def clear(self) -> None:
+        """Remove a live bar and show nothing in its place."""
+        self.freeze()
+        if self._display is not None:
+            from IPython.display import Pretty
+
+            self._display.update(Pretty(""))
+        elif self._tqdm is not None:
+            self._tqdm.close()  # leave=False: the line is wiped
+
+
+def _total_batches(loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable dataset of unknown length
+        return None
+
+
+# --- One epoch of training, and evaluation --------------------------------------------------------
+
+
+def _accumulators(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed running totals of loss and of correct answers, on ``device``."""
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    return (torch.zeros((), dtype=dtype, device=device),
+            torch.zeros((), dtype=torch.int64, device=device))
+
+
+def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
+                    optimizer: torch.optim.Optimizer, device: torch.device | str, *,
+                    progress: bool | ProgressBar | None = None, description: str = "train",
+                    correct_fn: Callable | None = count_correct) -> dict:
+    """One pass over ``loader``, one optimizer step per batch.
+
+    Returns ``{"loss", "accuracy", "samples"}``: the mean loss per sample
+    (each batch's mean weighted by its size) and the fraction classified
+    right, both while the weights were changing. ``correct_fn(outputs,
+    targets)`` counts the right ones (None: accuracy is NaN). ``loss_fn``
+    must average over the batch. ``progress``: a ``ProgressBar`` (None: one
+    where a reader can see it; False: none). Raises ``FloatingPointError``
+    on a NaN loss.
+    """
+    device = torch.device(device)
+    model.train()  # dropout, batch norm and the like behave as in training
+    bar = _bar_for(progress, loader, description)
+    total_loss, total_correct = _accumulators(device)
+    samples = 0
+    for inputs, targets in loader:
+        inputs, targets = to_device(inputs, device), to_device(targets, device)
+        optimizer.zero_grad(set_to_none=True)  # backward() adds to .grad: clear it
+        outputs = model(inputs)  # forward pass
+        loss = loss_fn(outputs, targets)  # mean loss of this batch
+        loss.backward()  # its gradient with respect to every parameter
+        optimizer.step()  # update the parameters with it
+        n = _batch_size(targets)
+        total_loss += loss.detach() * n  # no .item(): it would wait for the GPU
+        if correct_fn is not None:
+            total_correct += correct_fn(outputs.detach(), targets)
+        samples += n
+        if bar is not None:
+            bar.update(loss.detach())
+    if bar is not None:
+        bar.freeze()
+        if bar is not progress and (bar.visible or progress is True):
+            bar.finish()  # our own bar: leave the finished bar in place
+    return _summary(total_loss, total_correct, samples, correct_fn, training=True)
+
+
+def _bar_for(progress, loader, description: str) -> ProgressBar | None:
+    if isinstance(progress, ProgressBar) or progress is False:
+        return progress or None
+    return ProgressBar(_total_batches(loader), description, live=progress)
+
+
+@torch.no_grad()  # record no graph: less memory, less time, no gradients by mistake
+def evaluate(model: nn.Module, loader, loss_fn: Callable,
+             device: torch.device | str, *,
+             correct_fn: Callable | None = count_correct) -> dict:
+    """Mean loss per sample and accuracy of ``model`` over ``loader``, in eval mode.
+
+    Returns ``{"loss", "accuracy", "samples"}``. The model's mode (train or eval) is
+    restored afterwards, and its parameters are not touched.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()  # dropout off, batch norm uses its running statistics
+    total_loss, total_correct = _accumulators(device)
+    samples = 0
+    try:
+        for inputs, targets in loader:
+            inputs, targets = to_device(inputs, device), to_device(targets, device)
+            outputs = model(inputs)
+            n = _batch_size(targets)
+            total_loss += loss_fn(outputs, targets) * n
+            if correct_fn is not None:
+                total_correct += correct_fn(outputs, targets)
+            samples += n
+    finally:
+        model.train(was_training)
+    return _summary(total_loss, total_correct, samples, correct_fn, training=False)
+
+
+def _summary(total_loss: torch.Tensor, total_correct: torch.Tensor, samples: int,
+             correct_fn: Callable | None, training: bool) -> dict[str, float]:
+    if samples == 0:
+        raise ValueError("the loader gave no batches")
+    mean_loss = total_loss.item() / samples
+    if training and not math.isfinite(mean_loss):
+        raise FloatingPointError(f"the training loss became {mean_loss} during this epoch: lower the "
+                                 f"learning rate, check the inputs for NaN, or clip the gradients")
+    accuracy = total_correct.item() / samples if correct_fn is not None else math.nan
+    return {"loss": mean_loss, "accuracy": accuracy, "samples": samples}
+
+
+# --- Random state, checkpoints ------------------------------------------------------------------------
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used: truncated, foreign, or made for another model."""
+
+
+def rng_state() -> dict:
+    """The state of Python's, NumPy's and PyTorch's (CPU and CUDA) random generators.
+
+    In types that ``torch.load(..., weights_only=True)`` accepts (no NumPy arrays).
+    """
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the generators from ``rng_state()``'s result (CUDA's only where CUDA is present)."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return getattr(model, "_orig_mod", model)  # torch.compile wraps the model; save the original
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, *,
+                    scheduler=None, history: dict | None = None, loader_generator: torch.Generator | None = None) -> None:
+    """Save everything needed to resume after ``epoch``: weights, optimizer, scheduler, history, RNG state.
+
+    Written atomically: into a temporary file beside ``path``, flushed to disk, then renamed
+    over ``path`` (``os.replace``), so a crash mid-write leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "epoch": int(epoch),
+        "model": _unwrapped(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "history": history if history is not None else {},
+        "rng": rng_state(),
+        "loader_generator": loader_generator.get_state() if loader_generator is not None else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(temporary, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+        os.replace(temporary, path)  # atomic: readers see the old file or the new one, never half
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _describe_foreign(state: Any) -> str:
+    if isinstance(state, dict):
+        keys = ", ".join(str(k) for k in list(state)[:5]) + (", ..." if len(state) > 5 else "")
+        hint = (": it looks like a bare state_dict; load it with model.load_state_dict(torch.load(path, "
+                "weights_only=True))" if state and all(isinstance(v, torch.Tensor) for v in state.values()) else "")
+        return f"{_a(type(state).__name__)} with keys {keys}{hint}"
+    return _a(type(state).__name__)
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    *, scheduler=None, restore_rng: bool = True, loader_generator: torch.Generator | None = None) -> dict:
+    """Read a checkpoint written by ``save_checkpoint`` and restore what is given into it.
+
+    Loads with ``torch.load(..., weights_only=True)``: tensors and plain containers only, never
+    arbitrary Python objects. Restores ``model``, ``optimizer``, ``scheduler`` and ``loader_generator``
+    when given, and the global random generators when ``restore_rng``. Returns the checkpoint
+    (``"epoch"``, ``"history"``, ...). Raises ``CheckpointError`` saying what is wrong with the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"there is no checkpoint file at {path}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is not the zip archive torch.save "
+                              f"writes (a file cut short by a crash or a full disk, or another kind of file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError for refused objects, RuntimeError for a damaged archive
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if "weights only" in str(error).lower():
+            raise CheckpointError(f"{path} holds Python objects that weights_only loading refuses, so it was "
+                                  f"not written by save_checkpoint (loading it unsafely could run code): "
+                                  f"{first_line}") from None
+        raise CheckpointError(f"{path} is damaged and cannot be read ({type(error).__name__}: {first_line})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is a PyTorch file but not a checkpoint written by "
+                              f"helpers.training.save_checkpoint: it holds {_describe_foreign(state)}")
+    if state.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state['version']}, newer than this code "
+                              f"understands ({CHECKPOINT_VERSION}): update the helpers package")
+    try:
+        if model is not None:
+            _unwrapped(model).load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path} does not fit this model or optimizer: {error}") from None
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if loader_generator is not None and state.get("loader_generator") is not None:
+        loader_generator.set_state(state["loader_generator"])
+    if restore_rng:
+        set_rng_state(state["rng"])
+    return state
+
+
+# --- Many epochs ---------------------------------------------------------------------------------------
+
+
+def empty_history() -> dict[str, list]:
+    """A history with no epochs: one list per ``HISTORY_KEYS`` entry."""
+    return {key: [] for key in HISTORY_KEYS}
+
+
+def epoch_summary(bar: str, train: dict, val: dict | None) -> str:
+    """Two lines per epoch: the finished bar over the training batches, then the results.
+
+    ``epoch 1/3: 100%|██████████| 704/704 [00:12<00:00, 58.59batch/s]`` and
+    ``  train loss 1.652, accuracy 39.4% | validation loss 1.407, accuracy 49.7%``.
+    """
+    results = f"  train loss {train['loss']:.3f}, accuracy {train['accuracy']:.1%}"
+    if val is not None:
+        results += f" | validation loss {val['loss']:.3f}, accuracy {val['accuracy']:.1%}"
+    return f"{bar}\n{results}"
+
+
+def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+        device: torch.device | str, epochs: int, *, checkpoint_path: str | Path | None = None,
+        resume: bool = False, scheduler=None, progress: bool | None = None, verbose: bool = True,
+        on_epoch_end: Callable[[int, dict], bool | None] | None = None,
+        correct_fn: Callable | None = count_correct) -> dict[str, list]:
+    """Train for epochs ``1..epochs``, evaluating on ``val_loader`` (may be None) after each.
+
+    Returns the history: per epoch, ``HISTORY_KEYS`` (``train_loss``, ``val_accuracy``, ...;
+    ``seconds`` is the epoch's wall time). After every epoch, with ``checkpoint_path``, saves a
+    checkpoint (``save_checkpoint``). With ``resume=True`` and a checkpoint at that path,
+    training continues after the epoch it holds, with its weights, optimizer state, history
+    and random state, and ends as the uninterrupted run would have. ``scheduler`` steps once
+    per epoch. ``on_epoch_end(epoch, history)`` returning True stops early (the checkpoint of
+    that epoch is still written). ``verbose`` prints two lines per epoch (``epoch_summary``).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if resume and checkpoint_path is None:
+        raise ValueError("resume=True needs the checkpoint_path to resume from")
+    model.to(device)
+    generator = getattr(train_loader, "generator", None)
+    history, first_epoch = empty_history(), 1
+    if resume and Path(checkpoint_path).exists():
+        state = load_checkpoint(checkpoint_path, model, optimizer, scheduler=scheduler, loader_generator=generator)
+        history, first_epoch = state["history"], state["epoch"] + 1
+        if verbose:
+            print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
+    for epoch in range(first_epoch, epochs + 1):
+        bar = ProgressBar(_total_batches(train_loader), f"epoch {epoch:>{len(str(epochs))}}/{epochs}",
+                          live=progress)
+        with Timer(device) as epoch_time:
+            train = train_one_epoch(model, train_loader, loss_fn, optimizer, device, progress=bar,
+                                    correct_fn=correct_fn)
+            val = evaluate(model, val_loader, loss_fn, device, correct_fn=correct_fn) if val_loader is not None else None
+        if scheduler is not None:
+            scheduler.step()
+        for key, value in zip(HISTORY_KEYS, (epoch, train["loss"], train["accuracy"],
+                                             val["loss"] if val else math.nan,
+                                             val["accuracy"] if val else math.nan, epoch_time.seconds)):
+            history[key].append(value)
+        if verbose:
+            bar.finish(epoch_summary(bar.text(), train, val))
+        else:
+            bar.clear()
+        stop = bool(on_epoch_end(epoch, history)) if on_epoch_end is not None else False
+        if checkpoint_path is not None:  # last, so the saved random state is the one the next epoch starts from
+            save_checkpoint(checkpoint_path, model, optimizer, epoch, scheduler=scheduler, history=history,
+                            loader_generator=generator)
+        if stop:
+            break
+    return history
+
+
+# --- Curves --------------------------------------------------------------------------------------------
+
+
+def plot_history(history: dict[str, list], axes=None):
+    """Loss and accuracy per epoch, training and validation, side by side; returns the figure."""
+    if not history.get("epoch"):
+        raise ValueError("the history has no epochs to plot")
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    epochs = history["epoch"]
+    for ax, what in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, history[f"train_{what}"], "o-", label="training")
+        if not all(math.isnan(v) for v in history[f"val_{what}"]):
+            ax.plot(epochs, history[f"val_{what}"], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("loss")
+    axes[1].set_title("accuracy")
+    if all(0 <= v <= 1 for v in history["train_accuracy"] + history["val_accuracy"] if not math.isnan(v)):
+        axes[1].yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    figure = axes[0].figure
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,174 @@
+"""helpers.distributed: DDP under torchrun with Gloo, on the CPU.
+
+The central test starts two processes with torchrun and checks that two processes with batch B
+each end with the same weights as one process with batch 2B, within a stated tolerance (not
+bitwise: the sums of per-example gradients run in a different order), and that the tolerance is
+meaningful (a different effective batch misses it by far).
+"""
+
+import re
+import socket
+import subprocess
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from helpers import distributed
+from helpers.distributed import (DistributedContext, TrainConfig, choose_backend, init_distributed, parse_args,
+                                 quiet_environment, shard_loader, torchrun_command, train)
+from helpers.exercises import FAILED, PASSED, judge_answer
+from helpers.training import load_checkpoint
+
+# Two processes with batch B against one with 2B: float32 sums in another order, over 32 steps.
+ATOL, RTOL = 1e-5, 1e-4
+COMMON = ["--device", "cpu", "--data", "standin", "--num-images", "1024", "--epochs", "2", "--lr", "0.05"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def group_of_one(monkeypatch):
+    """This test process as a process group of one (Gloo), as torchrun would set it up."""
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(name, value)
+    context = init_distributed("cpu")
+    yield context
+    dist.destroy_process_group()
+
+
+def _train_in_this_process(context, batch_size, tmp_path, name):
+    config = TrainConfig(epochs=2, batch_size=batch_size, lr=0.05, data="standin", num_images=1024,
+                         save_weights=str(tmp_path / name), device="cpu")
+    train(config, context)
+    return torch.load(tmp_path / name, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """torchrun with two processes of batch 32 (Gloo), rank 0 saving a checkpoint and the weights."""
+    folder = tmp_path_factory.mktemp("ddp")
+    done = subprocess.run(torchrun_command(2, "--batch-size", "32", *COMMON, "--checkpoint",
+                                           str(folder / "checkpoint.pt"), "--save-weights", str(folder / "two.pt")),
+                          capture_output=True, text=True, env=quiet_environment(), cwd=folder, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder, done.stdout, done.stderr
+
+
+def test_two_processes_with_batch_b_end_where_one_process_with_2b_does(two_processes, group_of_one, tmp_path, capsys):
+    folder, _, _ = two_processes
+    two = torch.load(folder / "two.pt", weights_only=True)
+    one = _train_in_this_process(group_of_one, 64, tmp_path, "one.pt")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=ATOL, rtol=RTOL)
+    # The tolerance means something: one process with batch 32 (another effective batch) misses it by far.
+    other = _train_in_this_process(group_of_one, 32, tmp_path, "other.pt")
+    assert max((other[name] - one[name]).abs().max().item() for name in one) > 1e-2
+    assert "1 process(es), backend gloo" in capsys.readouterr().out
+
+
+def test_only_rank_0_prints_and_writes_and_the_output_is_clean(two_processes):
+    folder, stdout, stderr = two_processes
+    assert stderr == ""  # no warnings from torchrun, Gloo or the workers
+    lines = stdout.splitlines()
+    assert lines[:2] == ["2 process(es), backend gloo, on cpu",
+                         "effective batch 2 x 32 = 64 examples, 16 steps per epoch"]
+    assert [re.match(r"epoch (\d)/2: training loss \d\.\d{4}, accuracy [\d.]+%, over 1024 examples$", line)
+            is not None for line in lines[2:]] == [True, True]
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "two.pt"]  # no partial files
+    state = load_checkpoint(folder / "checkpoint.pt", restore_rng=False)
+    assert state["epoch"] == 2
+    assert all(torch.equal(state["model"][name], value)
+               for name, value in torch.load(folder / "two.pt", weights_only=True).items())
+
+
+def test_the_shards_of_the_ranks_are_disjoint_cover_the_data_and_change_with_set_epoch():
+    dataset = torch.utils.data.TensorDataset(torch.arange(40))
+    loaders = [shard_loader(dataset, 4, DistributedContext(rank, rank, 2, torch.device("cpu"), "gloo"), seed=1)
+               for rank in range(2)]
+    epochs = []
+    for epoch in range(2):
+        shards = []
+        for loader in loaders:
+            loader.sampler.set_epoch(epoch)
+            shards.append(torch.cat([batch[0] for batch in loader]).tolist())
+        assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == list(range(40))
+        assert all(len(loader) == 5 for loader in loaders)
+        epochs.append(shards)
+    assert epochs[0][0] != epochs[1][0]
+
+
+def test_all_mean_weights_by_samples(group_of_one):
+    assert distributed.all_mean(0.25, 8, group_of_one) == pytest.approx(0.25)
+    assert group_of_one.is_main and group_of_one.backend == "gloo"
+
+
+def test_clear_errors_outside_torchrun_and_for_bad_options(monkeypatch):
+    for name in distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="lacks RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT: start "
+                                           "this with torchrun"):
+        init_distributed("cpu")
+    assert choose_backend("cpu") == ("gloo", torch.device("cpu"))
+    with pytest.raises(ValueError, match="device must be 'auto', 'cuda' or 'cpu', got 'tpu'"):
+        choose_backend("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            choose_backend("cuda")
+        assert choose_backend("auto")[0] == "gloo"
+    with pytest.raises(SystemExit):
+        parse_args(["--batch-size", "0"])
+    command, config = parse_args(["demo", "--epochs", "3", "--data", "cifar10"])
+    assert command == "demo" and config.epochs == 3 and config.data == "cifar10"
+
+
+def test_the_torchrun_command_and_its_environment():
+    command = torchrun_command(2, "demo", python="python")
+    assert command == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                       "helpers.distributed", "demo"]
+    assert quiet_environment()["OMP_NUM_THREADS"] == "1"
+
+
+# --- The chapter's exercises: typical wrong answers get a precise message ----------------------------------------
+
+
+def _shard(n, world, rank, epoch, seed=0, pad=True, use_epoch=True, block=False):
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + (epoch if use_epoch else 0))).tolist()
+    per_rank = -(-n // world)
+    if pad:
+        order += order[:per_rank * world - n]
+    if block:
+        return order[rank * per_rank:(rank + 1) * per_rank]
+    return order[rank::world]
+
+
+def test_shard_exercise_names_each_usual_mistake():
+    assert judge_answer("distributed.shard_indices", _shard).status == PASSED
+    for mistake, message in [({"use_epoch": False}, "got the order of epoch 0"),
+                             ({"pad": False}, "padded with its own first indices"),
+                             ({"block": True}, "got a contiguous block of the shuffled order")]:
+        verdict = judge_answer("distributed.shard_indices", lambda *a, m=mistake, **k: _shard(*a, **k, **m))
+        assert verdict.status == FAILED and message in verdict.message, verdict.message
+
+
+def _accumulate(model, loss_fn, inputs, targets, micro_batches, divide=True, zero=True):
+    if zero:
+        model.zero_grad()
+    for x, y in zip(inputs.chunk(micro_batches), targets.chunk(micro_batches)):
+        loss = loss_fn(model(x), y)
+        (loss / micro_batches if divide else loss).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_accumulation_exercise_names_each_usual_mistake():
+    assert judge_answer("distributed.accumulated_gradients", _accumulate).status == PASSED
+    for mistake, message in [({"divide": False}, "the gradients are 3 times too large"),
+                             ({"zero": False}, "zero it first")]:
+        verdict = judge_answer("distributed.accumulated_gradients",
+                               lambda *a, m=mistake: _accumulate(*a, **m))
+        assert verdict.status == FAILED and message in verdict.message, verdict.message

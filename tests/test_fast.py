@@ -1,0 +1,413 @@
+"""helpers.fast: data on the device, GPU-style augmentation, ResNet9, timing, the ladder's steps.
+
+There is no GPU in CI: these tests run every helper on the CPU with tiny sizes, including the code
+path of the chapter's full run (compiled steps with a stand-in compiler backend), and check that
+the steps that need CUDA are skipped with a reason rather than crashing.
+"""
+
+import logging
+import math
+import subprocess
+import sys
+import warnings
+
+import matplotlib
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils.data import Subset
+
+from helpers import fast, runtime
+from helpers.data import StandInCIFAR10, WithTransform, channel_mean_std, make_loader, to_tensor_transform
+from helpers.exercises import FAILED, PASSED, judge_answer
+from helpers.fast import (Autocast, DeviceLoader, DeviceTimer, FlipAndCrop, FlipAverage, ResNet9, Residual,
+                          StepResult, benchmark_steps, captured_stderr, channel_stats, crop_at, cuda_only,
+                          dataset_to_tensors, describe_measurements, normalise, plot_results, profile_steps,
+                          random_crop, random_flip, results_table, run_step, speedups)
+from helpers.runtime import seed_everything
+from helpers.training import SmallCNN
+
+matplotlib.use("Agg")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """192 training and 64 test images of the stand-in, as normalised tensors on the CPU."""
+    images, labels = dataset_to_tensors(StandInCIFAR10(256, seed=0))
+    mean, std = channel_stats(images[:192])
+    x = normalise(images, mean, std)
+    return x[:192], labels[:192], x[192:], labels[192:]
+
+
+# --- Data ------------------------------------------------------------------------------------------------
+
+
+def test_decoding_through_a_loader_gives_the_pixels_the_array_holds():
+    standin = StandInCIFAR10(40, seed=3)
+    direct, labels = dataset_to_tensors(standin)  # reads .data
+    decoded, decoded_labels = dataset_to_tensors(Subset(standin, range(40)), batch_size=16, num_workers=0)
+    assert direct.dtype == torch.uint8 and direct.shape == (40, 3, 32, 32)
+    assert torch.equal(direct, decoded) and torch.equal(labels, decoded_labels)
+
+
+def test_channel_stats_agree_with_the_data_chapter():
+    standin = StandInCIFAR10(64, seed=1)
+    images, _ = dataset_to_tensors(standin)
+    mean, std = channel_stats(images)
+    expected_mean, expected_std = channel_mean_std(WithTransform(standin, to_tensor_transform()), num_workers=0)
+    torch.testing.assert_close(mean, expected_mean)
+    torch.testing.assert_close(std, expected_std)
+    with pytest.raises(TypeError, match="expected uint8 images"):
+        channel_stats(images.float())
+
+
+def test_normalise_is_the_formula():
+    images = torch.randint(0, 256, (3, 3, 4, 4), dtype=torch.uint8)
+    mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])
+    expected = (images.float() / 255 - mean[:, None, None]) / std[:, None, None]
+    torch.testing.assert_close(normalise(images, mean, std), expected)
+    assert normalise(images, mean, std, torch.bfloat16).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("n, batch, drop_last, batches", [(10, 4, False, 3), (10, 4, True, 2), (8, 4, True, 2)])
+def test_a_device_loader_serves_every_example_once_per_epoch(n, batch, drop_last, batches):
+    images = torch.arange(n, dtype=torch.float32)[:, None, None, None].expand(n, 3, 2, 2).contiguous()
+    loader = DeviceLoader(images, torch.arange(n), batch, shuffle=True, drop_last=drop_last)
+    assert len(loader) == batches
+    torch.manual_seed(0)
+    epoch_1 = [(x, y) for x, y in loader]
+    epoch_2 = [y for _, y in loader]
+    seen = torch.cat([y for _, y in epoch_1])
+    assert len(epoch_1) == batches and len(set(seen.tolist())) == len(seen) == min(n, batches * batch)
+    for x, y in epoch_1:  # images and labels stay paired
+        assert torch.equal(x[:, 0, 0, 0], y.float())
+    assert not torch.equal(seen, torch.cat(epoch_2)[:len(seen)])  # a new order each epoch
+    in_order = torch.cat([y for _, y in DeviceLoader(images, torch.arange(n), batch, shuffle=False)])
+    assert torch.equal(in_order, torch.arange(n))
+
+
+def test_a_device_loader_applies_its_augmentation_and_says_what_is_wrong():
+    images = torch.zeros(6, 3, 4, 4)
+    loader = DeviceLoader(images, torch.arange(6), 3, shuffle=False, augment=lambda x: x + 1)
+    assert all((x == 1).all() for x, _ in loader)
+    with pytest.raises(ValueError, match="6 images but 5 labels"):
+        DeviceLoader(images, torch.arange(5), 2, shuffle=True)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        DeviceLoader(images, torch.arange(6), 0, shuffle=True)
+    with pytest.raises(ValueError, match="drop_last=True would give no batch"):
+        DeviceLoader(images, torch.arange(6), 8, shuffle=True, drop_last=True)
+
+
+# --- Augmentation --------------------------------------------------------------------------------------------
+
+
+def _crops_one_by_one(images, padding, top, left):
+    h, w = images.shape[-2:]
+    padded = F.pad(images, (padding,) * 4, mode="reflect")
+    return torch.stack([padded[i, :, t:t + h, l:l + w] for i, (t, l) in enumerate(zip(top.tolist(), left.tolist()))])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 5), channels=st.integers(1, 3), size=st.integers(4, 9), padding=st.integers(0, 3),
+       seed=st.integers(0, 10_000))
+def test_crop_at_is_a_loop_of_slices(n, channels, size, padding, seed):
+    padding = min(padding, size - 1)
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, channels, size, size, generator=g)
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=g)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=g)
+    torch.testing.assert_close(crop_at(images, padding, top, left), _crops_one_by_one(images, padding, top, left))
+
+
+def test_crop_keeps_the_memory_format_and_checks_its_offsets():
+    images = torch.randn(4, 3, 8, 8)
+    last = images.contiguous(memory_format=torch.channels_last)
+    top = left = torch.tensor([0, 1, 2, 4])
+    assert crop_at(last, 2, top, left).is_contiguous(memory_format=torch.channels_last)
+    assert crop_at(images, 2, top, left).is_contiguous()
+    assert random_crop(images, 2).shape == images.shape
+    with pytest.raises(ValueError, match=r"offsets must lie in \[0, 4\]"):
+        crop_at(images, 2, torch.tensor([0, 1, 2, 5]), left)
+    with pytest.raises(ValueError, match="one offset per image"):
+        crop_at(images, 2, top[:3], left)
+    with pytest.raises(ValueError, match="padding must be between 0 and 7"):
+        crop_at(images, 8, top, left)
+
+
+def test_random_flip_mirrors_some_images_and_leaves_the_others():
+    torch.manual_seed(0)
+    images = torch.randn(64, 3, 4, 4)
+    flipped = random_flip(images)
+    mirrored = [torch.equal(a, b.flip(2)) for a, b in zip(flipped, images)]
+    kept = [torch.equal(a, b) for a, b in zip(flipped, images)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and 10 < sum(mirrored) < 54
+    assert torch.equal(random_flip(images, p=0.0), images)
+    assert torch.equal(random_flip(images, p=1.0), images.flip(3))
+    out = FlipAndCrop(2)(images)
+    assert out.shape == images.shape and "padding=2" in repr(FlipAndCrop(2))
+
+
+# --- Models -------------------------------------------------------------------------------------------------------
+
+
+def test_resnet9_shapes_parameters_and_errors():
+    model = ResNet9()
+    assert sum(p.numel() for p in model.parameters()) == 6_573_120
+    narrow = ResNet9(widths=(4, 8, 8, 16), logit_scale=1.0)
+    assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    scaled = ResNet9(widths=(4, 8, 8, 16), logit_scale=0.125)
+    scaled.load_state_dict(narrow.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    narrow.eval(), scaled.eval()
+    torch.testing.assert_close(scaled(x), narrow(x) * 0.125)
+    with pytest.raises(ValueError, match=r"RGB images \(N, 3, H, W\), got \(3, 32, 32\)"):
+        narrow(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="four positive channel counts"):
+        ResNet9(widths=(4, 8, 16))
+
+
+def test_residual_autocast_and_flip_average():
+    body = nn.Linear(5, 5)
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(Residual(body)(x), x + body(x))
+    model = SmallCNN()
+    images = torch.randn(2, 3, 32, 32)
+    out = Autocast(model)(images)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, model(images), atol=0.05, rtol=0.05)  # bf16 is close, not equal
+    torch.testing.assert_close(FlipAverage(model)(images), (model(images) + model(images.flip(3))) / 2)
+
+
+# --- Timing, stderr ---------------------------------------------------------------------------------------------
+
+
+def test_device_timer_on_the_cpu_and_its_misuse():
+    with DeviceTimer(CPU) as timer:
+        sum(range(10_000))
+    assert timer.seconds > 0 and not timer.uses_events
+    assert DeviceTimer("cuda").uses_events  # constructing one needs no GPU
+    with pytest.raises(RuntimeError, match="after the `with` block"):
+        DeviceTimer("cuda").seconds
+
+
+def test_benchmark_steps_times_each_step_after_the_warm_up(tiny):
+    train_x, train_y, _, _ = tiny
+    model = SmallCNN()
+    loader = DeviceLoader(train_x, train_y, 32, shuffle=True)
+    result = benchmark_steps(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01),
+                             CPU, warmup=2, steps=9)  # more steps than one epoch has: it wraps around
+    assert len(result.step_seconds) == 9 and result.warmup_seconds > 0 and result.batch_size == 32
+    assert result.images_per_second == pytest.approx(32 / result.median_seconds)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        benchmark_steps(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01),
+                        CPU, steps=0)
+
+
+def test_captured_stderr_collects_warnings_logs_prints_and_child_processes():
+    logger = logging.getLogger("helpers-test-captured")
+    handler = logging.StreamHandler(sys.stderr)
+    logger.addHandler(handler)
+    try:
+        with captured_stderr() as text, warnings.catch_warnings():
+            # As outside pytest, which records warnings itself: shown on sys.stderr when raised.
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
+                sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line)))
+            warnings.warn("a python warning", UserWarning)
+            logger.warning("a log record")
+            print("a print to stderr", file=sys.stderr)
+            subprocess.run([sys.executable, "-c", "import os; os.write(2, b'a child process\\n')"], check=True)
+    finally:
+        logger.removeHandler(handler)
+    for message in ("a python warning", "a log record", "a print to stderr", "a child process"):
+        assert message in text.getvalue()
+    assert handler.stream is sys.stderr  # put back
+
+
+# --- The steps of the ladder --------------------------------------------------------------------------------------
+
+
+def test_run_step_trains_measures_and_puts_the_initial_weights_back_after_the_warm_up(tiny, capsys):
+    train_x, train_y, test_x, test_y = tiny
+    train = DeviceLoader(train_x, train_y, 32, shuffle=True, drop_last=True)
+    test = DeviceLoader(test_x, test_y, 64, shuffle=False)
+
+    def trained(warmup_steps):
+        seed_everything(0)
+        model = SmallCNN()
+        in_order = DeviceLoader(train_x, train_y, 32, shuffle=False, drop_last=True)  # draws no random numbers
+        run_step("adam", model, in_order, test, device=CPU, epochs=2, warmup_steps=warmup_steps,
+                 make_optimizer=lambda m: torch.optim.Adam(m.parameters(), 1e-3), verbose=False)
+        return model
+
+    seed_everything(0)
+    result = run_step("adam", SmallCNN(), train, test, device=CPU, epochs=2,
+                      make_optimizer=lambda m: torch.optim.Adam(m.parameters(), 1e-3))
+    assert result.images == 2 * 6 * 32 and len(result.train_losses) == 2
+    assert result.train_seconds > 0 and result.warmup_seconds > 0 and 0 <= result.test_accuracy <= 1
+    assert result.images_per_second == pytest.approx(result.images / result.train_seconds)
+    assert result.line() in capsys.readouterr().out
+    # The warm-up leaves no trace in the weights or the optimizer: with or without it, training
+    # ends at the same weights (given a loader that draws no random numbers during the warm-up).
+    with_warmup, without = trained(3), trained(0)
+    for a, b in zip(with_warmup.parameters(), without.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_run_step_steps_the_schedule_after_every_optimizer_step(tiny):
+    train_x, train_y, test_x, test_y = tiny
+    train = DeviceLoader(train_x, train_y, 64, shuffle=True, drop_last=True)
+    test = DeviceLoader(test_x, test_y, 64, shuffle=False)
+    seen = {}
+
+    def schedule(optimizer, total_steps):
+        seen["total"] = total_steps
+        seen["optimizer"] = optimizer
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+
+    result = run_step("sgd", ResNet9(widths=(4, 4, 8, 8)), train, test, device=CPU, epochs=2,
+                      make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1), make_scheduler=schedule,
+                      loss_fn=nn.CrossEntropyLoss(label_smoothing=0.2), verbose=False)
+    assert seen["total"] == 2 * 3 and result.epochs == 2
+    assert seen["optimizer"].param_groups[0]["lr"] == pytest.approx(0.1 / (1 + 6))
+
+
+def test_steps_that_need_cuda_are_skipped_with_a_reason(tiny, capsys):
+    train_x, train_y, test_x, test_y = tiny
+    reason = cuda_only(CPU, "CUDA graphs")
+    assert reason == "CUDA graphs needs a CUDA GPU, and this run is on cpu."
+    assert cuda_only(torch.device("cuda"), "CUDA graphs") is None
+    result = run_step("graphs", SmallCNN(), DeviceLoader(train_x, train_y, 64, shuffle=True), None, device=CPU,
+                      epochs=3, make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+                      compile_mode="reduce-overhead", skip=reason)
+    assert result.skipped == reason and math.isnan(result.train_seconds) and result.trained_model is None
+    assert capsys.readouterr().out == f"graphs: skipped. {reason}\n"
+
+
+def test_the_compiled_steps_run_through_run_step(tiny, monkeypatch):
+    """The full run's compiled steps, on the CPU: the same code path, with a compiler backend that
+    needs no C++ or Triton compilation (AOTAutograd without Inductor), so that it takes seconds."""
+    train_x, train_y, test_x, test_y = tiny
+    real_compile = torch.compile
+    modes = []
+
+    def stand_in_compile(model, mode=None):
+        modes.append(mode)
+        return real_compile(model, backend="aot_eager")
+
+    monkeypatch.setattr(fast.torch, "compile", stand_in_compile)
+    torch._dynamo.reset()
+    last = train_x.contiguous(memory_format=torch.channels_last)
+    train = DeviceLoader(last, train_y, 32, shuffle=True, drop_last=True, augment=FlipAndCrop(2))
+    test = DeviceLoader(test_x, test_y, 64, shuffle=False)
+    seed_everything(0)
+    model = SmallCNN().to(memory_format=torch.channels_last)
+    result = run_step("compiled", Autocast(model), train, test, device=CPU, epochs=1, compile_mode="default",
+                      make_optimizer=lambda m: torch.optim.Adam(m.parameters(), 1e-3),
+                      eval_model=FlipAverage(Autocast(model)), verbose=False)
+    assert modes == ["default"] and result.trained_model is not None
+    assert result.trained_model is not model and result.test_accuracy > 0
+    assert result.messages == "", result.messages
+    torch._dynamo.reset()
+
+
+def test_profile_steps_on_the_cpu(tiny):
+    train_x, train_y, _, _ = tiny
+    model = SmallCNN()
+    report = profile_steps(model, DeviceLoader(train_x, train_y, 32, shuffle=True), nn.CrossEntropyLoss(),
+                           torch.optim.SGD(model.parameters(), lr=0.01), CPU, steps=3, top=4)
+    assert report.steps == 3 and report.device_busy_seconds is None and len(report.top) == 4
+    assert 0 < report.waiting_for_data_seconds < report.wall_seconds
+    text = str(report)
+    assert text.startswith("3 steps, ") and "waiting for the next batch" in text and "GPU" not in text
+    assert report.messages == ""  # the profiler's routine notices are left out
+
+
+def test_only_the_profilers_routine_notices_are_left_out():
+    text = ("USDT:2026-11-28 18:39:28 8164:8164 SyncActivityProfilerHandler.cpp:39] profiler_start\n"
+            "a real warning\n"
+            "STAGE:2024-01-01 10:00:00 1:1 ActivityProfilerController.cpp:312] Completed Stage: Warm Up\n")
+    assert fast._without_profiler_notices(text) == "a real warning\n"
+    no_gpu = "ERROR:2026-11-28 18:49:42 10795:10795 DeviceProperties.cpp:56] gpuGetDeviceCount failed with code 35\n"
+    expected = "" if not torch.cuda.is_available() else no_gpu
+    assert fast._without_profiler_notices(no_gpu) == expected
+
+
+def test_profile_steps_through_a_loader_with_worker_processes():
+    standin = WithTransform(StandInCIFAR10(64, seed=0), to_tensor_transform())
+    model = SmallCNN()
+    loader = make_loader(standin, 16, shuffle=True, num_workers=1)
+    report = profile_steps(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01),
+                           CPU, steps=2)
+    assert report.steps == 2 and report.messages == ""
+
+
+def test_table_speedups_chart_and_the_sentence_about_the_run(monkeypatch):
+    results = [StepResult("one", 64, 2, train_seconds=8.0, warmup_seconds=1.0, images=100, test_accuracy=0.5),
+               StepResult("two", 512, 2, train_seconds=2.0, warmup_seconds=9.0, images=100, test_accuracy=0.52),
+               StepResult("three", 512, 2, skipped="CUDA graphs needs a CUDA GPU, and this run is on cpu.")]
+    assert speedups(results)[:2] == [1.0, 4.0] and math.isnan(speedups(results)[2])
+    table = results_table(results, "the caption")
+    assert table.startswith("**the caption**")
+    assert "| two | 512 | 2 | 2.00 s | 9.00 s | 50 | 52.0% | 4.0x |" in table
+    assert "| three | 512 | 2 | skipped | | | | |" in table
+    assert table.endswith("Skipped: three: CUDA graphs needs a CUDA GPU, and this run is on cpu.")
+    figure = plot_results(results, title="t")
+    assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["three", "two", "one"]
+    matplotlib.pyplot.close(figure)
+    monkeypatch.setenv(runtime.QUICK_ENV, "1")
+    sentence = describe_measurements(CPU, "generated stand-in (quick mode)")
+    assert sentence.startswith("These outputs are a stand-in run: it ran on cpu, not on a GPU")
+    assert "quick mode" in sentence and "GPU measurements this chapter is about are not on this page" in sentence
+    monkeypatch.setenv(runtime.QUICK_ENV, "0")
+    monkeypatch.setattr(fast.runtime, "device_name", lambda device: "cuda (NVIDIA H200)")
+    assert describe_measurements("cuda", "image folder x") == (
+        "These are measurements on cuda (NVIDIA H200), full run, with CIFAR-10 (image folder x).")
+
+
+# --- The chapter's exercises: typical wrong answers get a precise message ----------------------------------------
+
+
+def _smoothed(logits, targets, smoothing, spread_over=None):
+    k = logits.shape[1]
+    onehot = F.one_hot(targets, k).float()
+    if spread_over == "others":
+        q = (1 - smoothing) * onehot + smoothing / (k - 1) * (1 - onehot)
+    else:
+        q = (1 - smoothing) * onehot + smoothing / k
+    return -(q * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def test_smoothing_exercise_names_each_usual_mistake():
+    assert judge_answer("fast_training.smoothed_cross_entropy", _smoothed).status == PASSED
+    for answer, message in [
+        (lambda l, t, s: _smoothed(l, t, s, "others"), "spreads the smoothing over the 9 wrong classes only"),
+        (lambda l, t, s: _smoothed(l, t, s) * len(t), "that is the sum over the batch"),
+        (lambda l, t, s: F.cross_entropy(l, t), "that is the plain cross-entropy"),
+        (lambda l, t, s: float(_smoothed(l, t, s)), "expected a tensor holding one number"),
+    ]:
+        verdict = judge_answer("fast_training.smoothed_cross_entropy", answer)
+        assert verdict.status == FAILED and message in verdict.message, verdict.message
+
+
+def _crops(images, padding, top, left, mode="reflect"):
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4, mode=mode)
+    rows = top[:, None] + torch.arange(h)
+    cols = left[:, None] + torch.arange(w)
+    return padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+def test_crop_exercise_names_each_usual_mistake():
+    assert judge_answer("fast_training.crop_batch", _crops).status == PASSED
+    for answer, message in [
+        (lambda i, p, t, l: _crops(i, p, t, l, mode="constant"), "pad by mirroring the border"),
+        (lambda i, p, t, l: _crops(i, p, l, t), "top[i] moves the window down"),
+        (lambda i, p, t, l: _crops(i, p, t, l).permute(0, 2, 3, 1), "permute it to (N, C, H, W)"),
+    ]:
+        verdict = judge_answer("fast_training.crop_batch", answer)
+        assert verdict.status == FAILED and message in verdict.message, verdict.message

@@ -1,0 +1,380 @@
+"""helpers.training: the model, one epoch, evaluation, fit, checkpoints (bitwise resume), curves."""
+
+import math
+import os
+import re
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from helpers import training
+from helpers.data import StandInCIFAR10, WithTransform, make_loader, normalising_transform
+from helpers.exercises import FAILED, PASSED, judge_answer
+from helpers.runtime import seed_everything
+from helpers.training import (CheckpointError, SmallCNN, count_correct, evaluate, fit, load_checkpoint,
+                              plot_history, save_checkpoint, to_device, train_one_epoch)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def standin():
+    """A tiny, deterministic slice of the quick-mode stand-in: 192 training and 64 validation images."""
+    transform = normalising_transform([0.5] * 3, [0.25] * 3)
+    train = WithTransform(Subset(StandInCIFAR10(256, seed=0), range(192)), transform)
+    validation = WithTransform(Subset(StandInCIFAR10(256, seed=0), range(192, 256)), transform)
+    return train, validation
+
+
+def _run(standin, epochs, checkpoint=None, resume=False, seed=0, num_workers=0):
+    """One training run from ``seed``; returns the model, optimizer and history."""
+    train, validation = standin
+    seed_everything(seed)
+    model = SmallCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    history = fit(model, make_loader(train, 32, shuffle=True, num_workers=num_workers),
+                  make_loader(validation, 64, shuffle=False, num_workers=num_workers), nn.CrossEntropyLoss(),
+                  optimizer, CPU, epochs, checkpoint_path=checkpoint, resume=resume, progress=False, verbose=False)
+    return model, optimizer, history
+
+
+def _assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        elif isinstance(a[key], dict):
+            _assert_same_state(a[key], b[key])
+        else:
+            assert a[key] == b[key], key
+
+
+# --- The model ------------------------------------------------------------------------------------
+
+
+def test_small_cnn_shapes_and_parameter_count():
+    model = SmallCNN()
+    assert model(torch.zeros(5, 3, 32, 32)).shape == (5, 10)
+    assert sum(p.numel() for p in model.parameters()) == 62006
+
+
+@pytest.mark.parametrize("shape, message", [((3, 32, 32), "add a batch dimension"),
+                                            ((2, 1, 28, 28), r"got \(2, 1, 28, 28\)")])
+def test_small_cnn_says_what_input_it_wants(shape, message):
+    with pytest.raises(ValueError, match=r"expects a batch of images of shape \(N, 3, 32, 32\)"):
+        SmallCNN()(torch.zeros(shape))
+    with pytest.raises(ValueError, match=message):
+        SmallCNN()(torch.zeros(shape))
+
+
+# --- One epoch and evaluation -------------------------------------------------------------------------
+
+
+def test_count_correct_and_to_device():
+    outputs = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert count_correct(outputs, torch.tensor([1, 1, 1])).item() == 2
+    with pytest.raises(ValueError, match=r"expected outputs \(N, classes\) and targets \(N,\)"):
+        count_correct(outputs, torch.tensor([[1], [1], [1]]))
+    moved = to_device({"x": (torch.ones(1), [torch.zeros(1)]), "name": "kept"}, CPU)
+    assert moved["name"] == "kept" and isinstance(moved["x"], tuple) and isinstance(moved["x"][1], list)
+
+
+def test_train_one_epoch_learns_and_evaluate_changes_nothing(standin):
+    train, validation = standin
+    seed_everything(0)
+    model = SmallCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = DataLoader(train, batch_size=32, shuffle=True)
+    val_loader = DataLoader(validation, batch_size=50)  # batches of 50 and 14
+    before = evaluate(model, val_loader, nn.CrossEntropyLoss(), CPU)
+    for _ in range(4):
+        result = train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, CPU, progress=False)
+    assert result["samples"] == 192 and set(result) == {"loss", "accuracy", "samples"}
+    model.eval()  # evaluate puts the mode back as it found it
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    after = evaluate(model, val_loader, nn.CrossEntropyLoss(), CPU)
+    assert not model.training
+    _assert_same_state(weights, model.state_dict())
+    assert all(p.grad is None or p.grad.abs().sum() > 0 for p in model.parameters())
+    assert after["loss"] < before["loss"] and after["accuracy"] > 0.3  # chance is 0.1
+    # The evaluation loss is the mean over samples, not over batches.
+    inputs = torch.stack([x for x, _ in validation])
+    targets = torch.tensor([y for _, y in validation])
+    with torch.no_grad():
+        whole = nn.functional.cross_entropy(model(inputs), targets).item()
+    assert math.isclose(after["loss"], whole, rel_tol=1e-5)
+    assert after["accuracy"] == count_correct(model(inputs), targets).item() / 64
+
+
+def test_evaluate_records_no_graph_and_restores_training_mode(standin):
+    model = SmallCNN()
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append((torch.is_grad_enabled(), module.training)))
+    evaluate(model, DataLoader(standin[1], batch_size=64), nn.CrossEntropyLoss(), CPU)
+    assert seen == [(False, False)] and model.training
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_advice():
+    model = nn.Linear(2, 2)
+    loader = DataLoader(TensorDataset(torch.tensor([[1.0, float("nan")]] * 4), torch.zeros(4, dtype=torch.long)),
+                        batch_size=2)
+    with pytest.raises(FloatingPointError, match="training loss became nan .* lower the learning rate"):
+        train_one_epoch(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), CPU,
+                        progress=False)
+
+
+# --- Resuming: bitwise the same as never stopping ------------------------------------------------------
+
+
+@pytest.mark.parametrize("interrupt_after", [1, 2])
+def test_a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(standin, tmp_path, interrupt_after):
+    model, optimizer, history = _run(standin, epochs=3)
+    checkpoint = tmp_path / "run" / "last.pt"
+    _run(standin, epochs=interrupt_after, checkpoint=checkpoint)  # "crashes" after this epoch
+    # A new process: another seed, other initial weights; everything comes from the checkpoint.
+    resumed, resumed_optimizer, resumed_history = _run(standin, epochs=3, checkpoint=checkpoint, resume=True, seed=123)
+    _assert_same_state(model.state_dict(), resumed.state_dict())
+    _assert_same_state(optimizer.state_dict()["state"], resumed_optimizer.state_dict()["state"])
+    for key in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert history[key] == resumed_history[key], key
+    assert load_checkpoint(checkpoint, restore_rng=False)["epoch"] == 3
+
+
+def test_resuming_with_loader_workers_and_a_loader_generator(standin, tmp_path):
+    # Workers draw their seeds from the generator too; a generator given to the loader is checkpointed.
+    train, validation = standin
+
+    def run(epochs, resume, seed):
+        seed_everything(seed)
+        model = SmallCNN()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loader = DataLoader(train, batch_size=32, shuffle=True, num_workers=2,
+                            generator=torch.Generator().manual_seed(7) if not resume else torch.Generator())
+        fit(model, loader, None, nn.CrossEntropyLoss(), optimizer, CPU, epochs,
+            checkpoint_path=tmp_path / "g.pt" if epochs < 3 or resume else None, resume=resume,
+            progress=False, verbose=False)
+        return model
+
+    reference = run(3, False, 0)
+    run(1, False, 0)
+    _assert_same_state(reference.state_dict(), run(3, True, 5).state_dict())
+
+
+def test_resume_without_a_checkpoint_yet_starts_from_scratch(standin, tmp_path):
+    _, _, history = _run(standin, epochs=1, checkpoint=tmp_path / "new.pt", resume=True)
+    assert history["epoch"] == [1] and (tmp_path / "new.pt").exists()
+
+
+def test_fit_argument_errors(standin):
+    with pytest.raises(ValueError, match="resume=True needs the checkpoint_path"):
+        _run(standin, epochs=1, resume=True)
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        _run(standin, epochs=0)
+
+
+def test_early_stopping_callback_and_scheduler(standin, tmp_path):
+    train, validation = standin
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    history = fit(model, DataLoader(train, batch_size=64), None, nn.CrossEntropyLoss(), optimizer, CPU, 5,
+                  checkpoint_path=tmp_path / "c.pt", scheduler=scheduler, progress=False, verbose=False,
+                  on_epoch_end=lambda epoch, history: epoch == 2)
+    assert history["epoch"] == [1, 2] and all(math.isnan(v) for v in history["val_loss"])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    state = load_checkpoint(tmp_path / "c.pt", restore_rng=False)
+    assert state["epoch"] == 2 and state["scheduler"]["last_epoch"] == 2
+
+
+# --- Checkpoint files ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = SmallCNN()
+    optimizer = torch.optim.Adam(model.parameters())
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model, optimizer, epoch=4, history={"epoch": [1, 2, 3, 4]})
+    return path, model, optimizer
+
+
+def test_a_checkpoint_holds_what_resuming_needs_and_loads_weights_only(saved, monkeypatch):
+    path, model, optimizer = saved
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real_load(*a, **k))
+    other = SmallCNN()
+    state = load_checkpoint(path, other, torch.optim.Adam(other.parameters()), restore_rng=False)
+    assert calls[0]["weights_only"] is True
+    assert {"format", "version", "epoch", "model", "optimizer", "scheduler", "history", "rng"} <= set(state)
+    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"} and state["epoch"] == 4
+    _assert_same_state(model.state_dict(), other.state_dict())
+
+
+def test_rng_state_round_trips():
+    import random
+
+    import numpy as np
+
+    state = training.rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.random(), np.random.rand(), torch.rand(1)
+    training.set_rng_state(state)
+    assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
+
+
+def test_a_crash_while_saving_keeps_the_last_good_checkpoint(saved, monkeypatch):
+    path, model, optimizer = saved
+    good = path.read_bytes()
+
+    def crashing_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", crashing_save)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, model, optimizer, epoch=5)
+    assert path.read_bytes() == good
+    assert os.listdir(path.parent) == ["last.pt"]  # no partial file left behind
+    monkeypatch.undo()
+    assert load_checkpoint(path, restore_rng=False)["epoch"] == 4
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "is not a PyTorch checkpoint: it is not the zip"),
+    (lambda p: p.write_text("epoch 3, loss 1.2"), "is not a PyTorch checkpoint"),
+    (lambda p: torch.save(SmallCNN().state_dict(), p), "holds an OrderedDict with keys conv1.weight.*bare state_dict"),
+    (lambda p: torch.save({"epoch": 3, "weights": [1, 2]}, p), "not a checkpoint written by helpers.training.save_checkpoint"),
+    (lambda p: torch.save({"f": re.compile("x")}, p), "weights_only loading refuses"),
+])
+def test_a_truncated_or_foreign_file_gets_a_clear_error(saved, damage, message):
+    path = saved[0]
+    damage(path)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path, SmallCNN())
+
+
+def test_a_checkpoint_for_another_model_or_a_missing_file(saved, tmp_path):
+    path = saved[0]
+    with pytest.raises(CheckpointError, match="does not fit this model or optimizer"):
+        load_checkpoint(path, nn.Linear(2, 2), restore_rng=False)
+    with pytest.raises(FileNotFoundError, match="there is no checkpoint file at"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+# --- Progress and curves --------------------------------------------------------------------------------
+
+
+def test_fit_prints_the_finished_bar_and_the_results_per_epoch(standin, capsys, monkeypatch):
+    monkeypatch.setenv(training.EXECUTING_ENV, "1")
+    train, validation = standin
+    model = SmallCNN()
+    fit(model, DataLoader(train, batch_size=64), DataLoader(validation, batch_size=64), nn.CrossEntropyLoss(),
+        torch.optim.Adam(model.parameters()), CPU, 2)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(len(line) <= 80 for line in lines)
+    assert re.fullmatch(r"epoch 1/2: 100%\|█+\| 3/3 \[\d\d:\d\d<00:00, +[\d.]+(batch/s|s/batch)\]", lines[0])
+    assert re.fullmatch(r"  train loss \d\.\d{3}, accuracy \d+\.\d% \| validation loss \d\.\d{3}, "
+                        r"accuracy \d+\.\d%", lines[1]), lines[1]
+
+
+def test_the_bar_is_drawn_only_where_someone_watches(monkeypatch, capsys):
+    monkeypatch.setenv(training.EXECUTING_ENV, "1")
+    assert training.ProgressBar(3, "x").live is False
+    monkeypatch.delenv(training.EXECUTING_ENV)
+    bar = training.ProgressBar(3, "x")  # under pytest: no notebook, stderr is not a terminal
+    assert not bar.visible and not bar.live
+    bar.finish()
+    assert capsys.readouterr().out == "x:   0%|          | 0/3 [00:00<?, ?batch/s]\n"
+
+
+def test_train_one_epoch_alone_shows_its_bar_only_when_asked(standin, capsys):
+    model = SmallCNN()
+    loader = DataLoader(standin[1], batch_size=32)
+    args = (model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01), CPU)
+    train_one_epoch(*args)
+    assert capsys.readouterr() == ("", "")  # no reader here, so no bar
+    train_one_epoch(*args, progress=True, description="warm-up")
+    out, err = capsys.readouterr()
+    assert re.fullmatch(r"warm-up: 100%\|██████████\| 2/2 \[\d\d:\d\d<00:00, .*\]\n", out), out
+    assert "warm-up" in err  # the live tqdm bar, on stderr, cleared at the end
+
+
+NOTEBOOK_FIT = """\
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from helpers.training import SmallCNN, fit
+torch.manual_seed(0)
+data = TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
+model = SmallCNN()
+history = fit(model, DataLoader(data, batch_size=16), DataLoader(data, batch_size=32),
+              nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters()), "cpu", 2)
+"""
+
+
+def test_an_executed_notebook_stores_the_summaries_not_a_widget(monkeypatch):
+    # What the book shows: each epoch's bar, redrawn while training, ends as its summary.
+    import nbclient
+    import nbformat
+
+    monkeypatch.delenv(training.EXECUTING_ENV, raising=False)
+    quiet = "_ = fit(model, DataLoader(data, batch_size=16), None, nn.CrossEntropyLoss(), " \
+            "torch.optim.Adam(model.parameters()), 'cpu', 1, verbose=False)"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(NOTEBOOK_FIT),
+                                               nbformat.v4.new_code_cell(quiet)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    outputs = notebook.cells[0].outputs
+    assert [o.output_type for o in outputs] == ["display_data", "display_data"]
+    for epoch, output in enumerate(outputs, 1):
+        assert set(output.data) == {"text/plain"}  # no widget
+        bar, results = output.data["text/plain"].splitlines()
+        assert re.fullmatch(rf"epoch {epoch}/2: 100%\|█+\| 4/4 \[\d\d:\d\d<00:00, .*batch.*\]", bar), bar
+        assert results.startswith("  train loss ") and "| validation loss " in results
+    # verbose=False: the bar is wiped when the epoch ends.
+    assert [o.data["text/plain"] for o in notebook.cells[1].outputs] == [""]
+
+
+def test_plot_history_draws_four_curves():
+    import matplotlib.pyplot as plt
+
+    history = {"epoch": [1, 2], "train_loss": [2.0, 1.5], "train_accuracy": [0.3, 0.5],
+               "val_loss": [1.8, 1.6], "val_accuracy": [0.35, 0.45], "seconds": [1.0, 1.0]}
+    figure = plot_history(history)
+    assert [len(ax.lines) for ax in figure.axes] == [2, 2]
+    plt.close(figure)
+    with pytest.raises(ValueError, match="no epochs"):
+        plot_history(training.empty_history())
+
+
+# --- The chapter's exercises: typical wrong answers get a precise verdict ------------------------------------
+
+
+def test_mean_loss_exercise_names_each_usual_mistake():
+    def evaluate_loss(model, loader, loss_fn, *, eval_mode=True, no_grad=True, weighted=True, restore=True):
+        if eval_mode:
+            model.eval()
+        with torch.set_grad_enabled(not no_grad):
+            losses = [(loss_fn(model(x), y).item(), len(y)) for x, y in loader]
+        if restore:
+            model.train()
+        if weighted:
+            return sum(l * n for l, n in losses) / sum(n for _, n in losses)
+        return sum(l for l, _ in losses) / len(losses)
+
+    assert judge_answer("training.mean_loss", evaluate_loss).status == PASSED
+    for mistake, message in [({"weighted": False}, "mean of the three batch means"),
+                             ({"eval_mode": False}, "call model.eval()"),
+                             ({"no_grad": False}, "torch.no_grad()"),
+                             ({"restore": False}, "left in eval mode")]:
+        verdict = judge_answer("training.mean_loss", lambda m, l, f: evaluate_loss(m, l, f, **mistake))
+        assert verdict.status == FAILED and message in verdict.message, verdict.message
+
+
+def test_conv_output_size_exercise_catches_a_forgotten_padding():
+    verdict = judge_answer("training.conv_output_size", lambda size, kernel_size, stride=1, padding=0:
+                           (size - kernel_size) // stride + 1)
+    assert verdict.message.startswith("on size 32, kernel 3, padding 1, expected 32, got 30")
