@@ -134,17 +134,30 @@ def _where_it_raised(error: BaseException) -> str:
     return f" (line {last.lineno}: `{last.line}`)" if last is not None and last.line else ""
 
 
+class _AnswerFailed(Exception):
+    """The learner's answer raised on one input; the message names the input and the error."""
+
+
+def call_answer(answer: Callable, label: str, *args, **kwargs):
+    """``answer(*args, **kwargs)``; if it raises, the check fails with a message naming ``label``.
+
+    ``NotImplementedError`` (starter code) passes through, so that the check says "not done yet".
+    Judges call the learner's answer through this, so every check reports a crash the same way.
+    """
+    try:
+        return answer(*args, **kwargs)
+    except NotImplementedError:
+        raise
+    except Exception as error:  # the learner's bug, reported rather than raised
+        raise _AnswerFailed(f"on {label}, the answer raised {type(error).__name__}: {error}"
+                            f"{_where_it_raised(error)}") from error
+
+
 def _judge_cases(exercise: Exercise, answer: Callable) -> Verdict:
     cases = exercise.cases()
     for case in cases:
         expected = exercise.expected(*case.args, **case.kwargs)
-        try:
-            got = answer(*case.args, **case.kwargs)
-        except NotImplementedError:
-            raise
-        except Exception as error:  # the learner's bug, reported rather than raised
-            return Verdict(exercise.name, FAILED, f"on {case.label}, the answer raised "
-                           f"{type(error).__name__}: {error}{_where_it_raised(error)}")
+        got = call_answer(answer, case.label, *case.args, **case.kwargs)
         try:
             compare(got, expected, exercise.atol, exercise.rtol)
         except _Mismatch as mismatch:
@@ -184,6 +197,8 @@ def judge_answer(name: str, answer: Callable) -> Verdict:
                 verdict = _judge_cases(exercise, answer)
         except NotImplementedError:
             verdict = Verdict(name, NOT_DONE, f"not done yet. Hint: {exercise.hint}")
+        except _AnswerFailed as failure:
+            verdict = Verdict(name, FAILED, str(failure))
         except Exception as error:  # a judge that runs the answer may see it raise
             verdict = Verdict(name, FAILED, f"the answer raised {type(error).__name__}: {error}"
                               f"{_where_it_raised(error)}")
@@ -281,13 +296,7 @@ def _losses_judge(cases: Callable[[], list[Case]], expected: Callable,
     def judge(answer: Callable) -> str | None:
         for case in cases():
             want = expected(*case.args)
-            try:
-                got = answer(*case.args)
-            except NotImplementedError:
-                raise
-            except Exception as error:
-                return (f"on {case.label}, the answer raised {type(error).__name__}: {error}"
-                        f"{_where_it_raised(error)}")
+            got = call_answer(answer, case.label, *case.args)
             try:
                 compare(got, want, atol=1e-5, rtol=1e-5)
             except _Mismatch as mismatch:
@@ -734,12 +743,7 @@ def _data_judge_stats(answer: Callable) -> str | None:
     for case in _data_stats_cases():
         images = case.args[0]
         want = _data_true_stats(images)
-        try:
-            got = answer(images.clone())
-        except NotImplementedError:
-            raise
-        except Exception as error:
-            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        got = call_answer(answer, case.label, images.clone())
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
             return f"on {case.label}, expected a pair (mean, std), got {_describe(got)}"
         try:
@@ -845,12 +849,7 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
     seen = []  # (grad mode, training mode) at each forward pass
     model.register_forward_hook(lambda module, args, output: seen.append((torch.is_grad_enabled(), module.training)))
     label = "a model with dropout and a loader of 10 samples in batches of 4, 4 and 2"
-    try:
-        got = answer(model, loader, loss_fn)
-    except NotImplementedError:
-        raise
-    except Exception as error:
-        return f"on {label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+    got = call_answer(answer, label, model, loader, loss_fn)
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
     if not isinstance(got, float):
@@ -1054,12 +1053,7 @@ def _fast_judge_smoothing(answer: Callable) -> str | None:
         n, k = logits.shape
         label = f"{n} rows of {k} logits with smoothing {smoothing}"
         want = F.cross_entropy(logits, targets, label_smoothing=smoothing)
-        try:
-            got = answer(logits.clone(), targets.clone(), smoothing)
-        except NotImplementedError:
-            raise
-        except Exception as error:
-            return f"on {label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        got = call_answer(answer, label, logits.clone(), targets.clone(), smoothing)
         if not isinstance(got, torch.Tensor) or got.numel() != 1:
             return f"on {label}, expected a tensor holding one number (the mean loss), got {_describe(got)}"
         got = got.detach().reshape(())
@@ -1118,12 +1112,7 @@ def _fast_judge_crop(answer: Callable) -> str | None:
     for case in _fast_crop_cases():
         images, padding, top, left = case.args
         want = crop_at(images, padding, top, left)
-        try:
-            got = answer(images.clone(), padding, top.clone(), left.clone())
-        except NotImplementedError:
-            raise
-        except Exception as error:
-            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        got = call_answer(answer, case.label, images.clone(), padding, top.clone(), left.clone())
         if isinstance(got, torch.Tensor) and got.shape == want.permute(0, 2, 3, 1).shape != want.shape:
             return (f"on {case.label}, expected shape {tuple(want.shape)}, got {tuple(got.shape)}: the "
                     f"gather gives (N, H, W, C); permute it to (N, C, H, W)")
@@ -1185,12 +1174,7 @@ def _distributed_judge_shards(answer: Callable) -> str | None:
         n, world, rank, epoch = case.args
         seed = case.kwargs.get("seed", 0)
         want = _distributed_sampler_indices(n, world, rank, epoch, seed)
-        try:
-            got = answer(*case.args, **case.kwargs)
-        except NotImplementedError:
-            raise
-        except Exception as error:
-            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        got = call_answer(answer, case.label, *case.args, **case.kwargs)
         if isinstance(got, torch.Tensor):
             got = got.tolist()
         if not isinstance(got, list) or not all(isinstance(i, int) for i in got):
@@ -1243,12 +1227,7 @@ def _distributed_judge_accumulation(answer: Callable) -> str | None:
         label = f"12 examples in {micro_batches} micro-batches of {12 // micro_batches}"
         for p in model.parameters():  # stale gradients from an earlier step
             p.grad = torch.ones_like(p)
-        try:
-            got = answer(model, loss_fn, inputs.clone(), targets.clone(), micro_batches)
-        except NotImplementedError:
-            raise
-        except Exception as error:
-            return f"on {label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        got = call_answer(answer, label, model, loss_fn, inputs.clone(), targets.clone(), micro_batches)
         if not isinstance(got, (list, tuple)) or len(got) != len(want):
             return (f"on {label}, expected a list of {len(want)} gradients (one per parameter, in the order "
                     f"of model.parameters()), got {_describe(got)}")
@@ -1328,12 +1307,7 @@ def _evaluation_judge_recall(answer: Callable) -> str | None:
     for case in _evaluation_confusions():
         confusion = case.args[0]
         want = recall(confusion)
-        try:
-            got = answer(confusion.clone())
-        except NotImplementedError:
-            raise
-        except Exception as error:
-            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        got = call_answer(answer, case.label, confusion.clone())
         try:
             compare(got, want, atol=1e-6, rtol=1e-5)
         except _Mismatch as mismatch:
@@ -1406,12 +1380,7 @@ def _evaluation_macro_f1_mistake(got: float, y_true, y_pred, num_classes: int) -
 def _evaluation_judge_macro_f1(answer: Callable) -> str | None:
     for case in _evaluation_label_cases():
         want = _evaluation_true_macro_f1(*case.args)
-        try:
-            got = answer(*case.args)
-        except NotImplementedError:
-            raise
-        except Exception as error:
-            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        got = call_answer(answer, case.label, *case.args)
         try:
             compare(got, want, atol=1e-6, rtol=1e-5)
         except _Mismatch as mismatch:
@@ -1462,12 +1431,7 @@ def _evaluation_judge_early_stopping(answer: Callable) -> str | None:
     for case in _evaluation_curves():
         losses, patience = case.args
         want, stop = _evaluation_stopping(losses, patience)
-        try:
-            got = answer(list(losses), patience)
-        except NotImplementedError:
-            raise
-        except Exception as error:
-            return f"on {case.label}, the answer raised {type(error).__name__}: {error}{_where_it_raised(error)}"
+        got = call_answer(answer, case.label, list(losses), patience)
         if isinstance(got, bool) or not isinstance(got, int):
             return f"on {case.label}, expected an epoch number (an int), got {type(got).__name__} {_describe(got)}"
         if got == want:

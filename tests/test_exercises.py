@@ -111,3 +111,23 @@ def test_an_exercise_cannot_be_registered_twice():
     with pytest.raises(ValueError, match="registered twice"):
         exercises.register(Exercise(name="dynamic_graph.count_nodes", title="", practises="", minutes=1,
                                     hint="", cases=lambda: [Case((), "")]))
+
+
+def test_a_judge_that_calls_the_answer_reports_its_crash_with_the_input(monkeypatch):
+    from helpers.exercises import call_answer
+
+    def judge(answer):
+        got = call_answer(answer, "the input 3", 3)
+        return None if got == 9 else f"expected 9, got {got}"
+
+    exercise = Exercise(name="test.square", title="", practises="", minutes=1, hint="square it", judge=judge)
+    monkeypatch.setitem(exercises.EXERCISES, exercise.name, exercise)
+    assert judge_answer("test.square", lambda x: x * x).status == PASSED
+    crashed = judge_answer("test.square", lambda x: x / 0)
+    assert crashed.status == FAILED
+    assert crashed.message.startswith("on the input 3, the answer raised ZeroDivisionError: division by zero")
+    assert judge_answer("test.square", starter_raises).status == NOT_DONE
+
+
+def starter_raises(x):
+    raise NotImplementedError("write your answer here")
