@@ -117,7 +117,10 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
         if not math.isclose(got, expected, rel_tol=rtol, abs_tol=atol):
             raise _Mismatch(f"expected {expected:.6g}, got {got:.6g}")
         return
-    if isinstance(expected, (tuple, list)) and isinstance(got, (tuple, list)) and len(got) == len(expected):
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            raise _Mismatch(f"expected a {type(expected).__name__} of {len(expected)} items, "
+                            f"got {_describe(got)}")
         for i, (g, e) in enumerate(zip(got, expected)):
             try:
                 compare(g, e, atol, rtol)
@@ -153,15 +156,67 @@ def call_answer(answer: Callable, label: str, *args, **kwargs):
                             f"{_where_it_raised(error)}") from error
 
 
+def _fresh(value: Any) -> Any:
+    # A copy for the answer, so that an answer that changes its input in place cannot change
+    # what it is then compared with. Tensors that carry a graph are passed as they are: a copy
+    # would add a node to the graph the answer is asked about.
+    if isinstance(value, torch.Tensor) and not value.requires_grad:
+        return value.clone()
+    return value
+
+
+def first_failure(answer: Callable, cases: list[Case], expected: Callable,
+                  explain: Callable[..., str] | None = None, atol: float = 1e-6,
+                  rtol: float = 1e-5) -> str | None:
+    """Run ``answer`` on each case and compare with ``expected(*case.args)``; the first failure.
+
+    The message names the case and says how the result differs. ``explain(got, want, *args)``
+    may add the usual mistake that gives exactly that result ("" when none does), so that the
+    learner reads what to change, not only what differs. None when every case agrees.
+    """
+    for case in cases:
+        want = expected(*case.args, **case.kwargs)
+        got = call_answer(answer, case.label, *map(_fresh, case.args), **case.kwargs)
+        try:
+            compare(got, want, atol, rtol)
+        except _Mismatch as mismatch:
+            explanation = explain(got, want, *case.args, **case.kwargs) if explain else ""
+            return f"on {case.label}, {mismatch}" + (f". {explanation}" if explanation else "")
+    return None
+
+
+def judge_cases(cases: Callable[[], list[Case]], expected: Callable,
+                explain: Callable[..., str] | None = None, *, atol: float = 1e-6,
+                rtol: float = 1e-5, then: Callable[[Callable], str | None] | None = None):
+    """An exercise's ``judge``: ``first_failure`` over ``cases()``, then, if they all agree,
+    ``then(answer)`` for what the cases cannot see (such as a gradient)."""
+    def judge(answer: Callable) -> str | None:
+        failure = first_failure(answer, cases(), expected, explain, atol, rtol)
+        if failure is None and then is not None:
+            failure = then(answer)
+        return failure
+    return judge
+
+
+def first_matching(mistakes: list[tuple[Callable[..., bool], str]]) -> Callable[..., str]:
+    """An ``explain`` for ``first_failure`` from (predicate, explanation) pairs: the explanation
+    of the first predicate that holds for ``(got, want, *args)``, or ""."""
+    def explain(got: Any, want: Any, *args, **kwargs) -> str:
+        for predicate, explanation in mistakes:
+            try:
+                if predicate(got, want, *args, **kwargs):
+                    return explanation
+            except Exception:  # a predicate that cannot handle this result: not its mistake
+                continue
+        return ""
+    return explain
+
+
 def _judge_cases(exercise: Exercise, answer: Callable) -> Verdict:
     cases = exercise.cases()
-    for case in cases:
-        expected = exercise.expected(*case.args, **case.kwargs)
-        got = call_answer(answer, case.label, *case.args, **case.kwargs)
-        try:
-            compare(got, expected, exercise.atol, exercise.rtol)
-        except _Mismatch as mismatch:
-            return Verdict(exercise.name, FAILED, f"on {case.label}, {mismatch}")
+    failure = first_failure(answer, cases, exercise.expected, atol=exercise.atol, rtol=exercise.rtol)
+    if failure is not None:
+        return Verdict(exercise.name, FAILED, failure)
     return Verdict(exercise.name, PASSED, f"passed on all {len(cases)} inputs")
 
 
@@ -293,19 +348,7 @@ def _losses_not_finite(got, want, *args) -> bool:
 def _losses_judge(cases: Callable[[], list[Case]], expected: Callable,
                   mistakes: list[tuple[Callable, str]], then: Callable | None = None):
     """A judge: ``expected`` per case; on a mismatch, the first matching mistake's explanation."""
-    def judge(answer: Callable) -> str | None:
-        for case in cases():
-            want = expected(*case.args)
-            got = call_answer(answer, case.label, *case.args)
-            try:
-                compare(got, want, atol=1e-5, rtol=1e-5)
-            except _Mismatch as mismatch:
-                for predicate, explanation in mistakes:
-                    if predicate(got, want, *case.args):
-                        return f"on {case.label}, {mismatch}. {explanation}"
-                return f"on {case.label}, {mismatch}"
-        return then(answer) if then is not None else None
-    return judge
+    return judge_cases(cases, expected, first_matching(mistakes), atol=1e-5, rtol=1e-5, then=then)
 
 
 def _losses_mse_cases() -> list[Case]:
@@ -536,39 +579,30 @@ def _adam_cases() -> list[Case]:
 
 _ADAM_SLIPS = [
     (_adam_variant(bias_correct_m=False, bias_correct_v=False),
-     "the update matches Adam WITHOUT bias correction (the article's formula): divide m by "
-     "1 - beta1**step and v by 1 - beta2**step before the update"),
+     "The update matches Adam WITHOUT bias correction (the article's formula): divide m by "
+     "1 - beta1**step and v by 1 - beta2**step before the update."),
     (_adam_variant(bias_correct_m=False),
-     "the update forgets the bias correction of m: divide m by 1 - beta1**step"),
+     "The update forgets the bias correction of m: divide m by 1 - beta1**step."),
     (_adam_variant(bias_correct_v=False),
-     "the update forgets the bias correction of v: divide v by 1 - beta2**step"),
+     "The update forgets the bias correction of v: divide v by 1 - beta2**step."),
     (_adam_variant(eps_inside_sqrt=True),
-     "eps is inside the square root: the denominator is sqrt(v_hat) + eps"),
+     "eps is inside the square root: the denominator is sqrt(v_hat) + eps."),
 ]
 
 
-def _judge_with_slips(answer, cases, expected, slips, atol=1e-9, rtol=1e-7) -> str | None:
-    """Run `answer` on each case; on a wrong result, name the usual slip it matches, if any."""
-    for case in cases:
-        want = expected(*case.args, **case.kwargs)
-        try:
-            got = answer(*case.args, **case.kwargs)
-        except NotImplementedError:
-            raise
-        except Exception as error:  # the learner's bug, reported rather than raised
-            return (f"on {case.label}: the answer raised {type(error).__name__}: {error}"
-                    f"{_where_it_raised(error)}")
-        try:
-            compare(got, tuple(want), atol, rtol)
-        except _Mismatch as mismatch:
-            for slip, explanation in slips:
-                try:
-                    compare(got, tuple(slip(*case.args, **case.kwargs)), atol, rtol)
-                except Exception:  # not this slip (it may not even run on this case)
-                    continue
-                return f"on {case.label}: {explanation}"
-            return f"on {case.label}: {mismatch}"
-    return None
+def _optimizer_judge(cases: Callable[[], list[Case]], step: Callable, slips, atol=1e-9, rtol=1e-7):
+    """A judge of one optimizer step against ``step`` (PyTorch's); a wrong result is compared with
+    each of the usual ``slips`` (the same step written with one mistake), and a match is named."""
+    def explain(got, want, *args, **kwargs) -> str:
+        for slip, explanation in slips:
+            try:
+                compare(got, tuple(slip(*args, **kwargs)), atol, rtol)
+            except Exception:  # not this slip (it may not even run on this case)
+                continue
+            return explanation
+        return ""
+    return judge_cases(cases, lambda *args, **kwargs: tuple(step(*args, **kwargs)), explain,
+                       atol=atol, rtol=rtol)
 
 
 register(Exercise(
@@ -579,7 +613,7 @@ register(Exercise(
     hint="update m and v with the new gradient first, then divide m by 1 - beta1**step and v by "
          "1 - beta2**step, then step by lr * m_hat / (sqrt(v_hat) + eps). Return the new "
          "(param, m, v).",
-    judge=lambda answer: _judge_with_slips(answer, _adam_cases(), _torch_adam_step, _ADAM_SLIPS),
+    judge=_optimizer_judge(_adam_cases, _torch_adam_step, _ADAM_SLIPS),
 ))
 
 
@@ -625,14 +659,14 @@ def _momentum_cases() -> list[Case]:
 
 _MOMENTUM_SLIPS = [
     (_textbook_momentum,
-     "the answer is the textbook form (v <- momentum * v - lr * g; param <- param + v); PyTorch's "
+     "The answer is the textbook form (v <- momentum * v - lr * g; param <- param + v); PyTorch's "
      "buffer sums gradients, b <- momentum * b + (1 - dampening) * g, and the step is param <- "
-     "param - lr * b"),
+     "param - lr * b."),
     (_momentum_damped_from_the_start,
-     "the first step dampens the gradient; PyTorch starts the buffer at the gradient itself, "
-     "b <- g, and dampens only later steps"),
+     "The first step dampens the gradient; PyTorch starts the buffer at the gradient itself, "
+     "b <- g, and dampens only later steps."),
     (_momentum_without_nesterov,
-     "nesterov=True is ignored: with Nesterov the step is lr * (g + momentum * b), not lr * b"),
+     "nesterov=True is ignored: with Nesterov the step is lr * (g + momentum * b), not lr * b."),
 ]
 
 register(Exercise(
@@ -643,7 +677,7 @@ register(Exercise(
     hint="if buffer is None, the new buffer is the gradient itself; otherwise it is momentum * "
          "buffer + (1 - dampening) * grad. The step is lr times the buffer, or lr * (grad + "
          "momentum * buffer) with nesterov=True. Return (new_param, new_buffer).",
-    judge=lambda answer: _judge_with_slips(answer, _momentum_cases(), _torch_momentum_step, _MOMENTUM_SLIPS),
+    judge=_optimizer_judge(_momentum_cases, _torch_momentum_step, _MOMENTUM_SLIPS),
 ))
 
 
@@ -712,7 +746,7 @@ def _data_true_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.float(), std.float()
 
 
-def _data_stats_mistake(got: Any, images: torch.Tensor) -> str:
+def _data_stats_mistake(got: Any, want: Any, images: torch.Tensor) -> str:
     """Name the usual mistake behind a wrong (mean, std), or return ''."""
     x = images.double()
     candidates = [
@@ -739,19 +773,6 @@ def _data_stats_mistake(got: Any, images: torch.Tensor) -> str:
     return ""
 
 
-def _data_judge_stats(answer: Callable) -> str | None:
-    for case in _data_stats_cases():
-        images = case.args[0]
-        want = _data_true_stats(images)
-        got = call_answer(answer, case.label, images.clone())
-        if not (isinstance(got, (tuple, list)) and len(got) == 2):
-            return f"on {case.label}, expected a pair (mean, std), got {_describe(got)}"
-        try:
-            compare(tuple(got), want, atol=1e-5, rtol=1e-4)
-        except _Mismatch as mismatch:
-            explanation = _data_stats_mistake(got, images)
-            return f"on {case.label}, {mismatch}" + (f". {explanation}" if explanation else "")
-    return None
 
 
 register(Exercise(
@@ -761,7 +782,7 @@ register(Exercise(
     minutes=10,
     hint="scale to [0, 1] with images.float() / 255, then reduce over dim=(0, 2, 3) (images, height, "
          "width), keeping the channel dimension; torch.std_mean(..., correction=0) gives both.",
-    judge=_data_judge_stats,
+    judge=judge_cases(_data_stats_cases, _data_true_stats, _data_stats_mistake, atol=1e-5, rtol=1e-4),
 ))
 
 
@@ -1104,34 +1125,33 @@ def _fast_crop_cases() -> list[Case]:
     return cases
 
 
-def _fast_judge_crop(answer: Callable) -> str | None:
-    import torch.nn.functional as F
-
+def _fast_true_crop(images, padding, top, left) -> torch.Tensor:
     from helpers.fast import crop_at
 
-    for case in _fast_crop_cases():
-        images, padding, top, left = case.args
-        want = crop_at(images, padding, top, left)
-        got = call_answer(answer, case.label, images.clone(), padding, top.clone(), left.clone())
-        if isinstance(got, torch.Tensor) and got.shape == want.permute(0, 2, 3, 1).shape != want.shape:
-            return (f"on {case.label}, expected shape {tuple(want.shape)}, got {tuple(got.shape)}: the "
-                    f"gather gives (N, H, W, C); permute it to (N, C, H, W)")
-        try:
-            compare(got, want, 1e-6, 1e-5)
-        except _Mismatch as mismatch:
-            if isinstance(got, torch.Tensor) and got.shape == want.shape:
-                n, _, h, w = images.shape
-                zero_padded = F.pad(images, (padding,) * 4)
-                with_zeros = torch.stack([zero_padded[i, :, t:t + h, l:l + w]
-                                          for i, (t, l) in enumerate(zip(top.tolist(), left.tolist()))])
-                if torch.allclose(got, with_zeros):
-                    return (f"on {case.label}, the pixels from the padding are zeros: pad by mirroring "
-                            f"the border, F.pad(images, (p, p, p, p), mode='reflect')")
-                if torch.allclose(got, crop_at(images, padding, left, top)):
-                    return (f"on {case.label}, the crops are shifted the wrong way: top[i] moves the "
-                            f"window down (rows, dimension 2), left[i] moves it right (columns, dimension 3)")
-            return f"on {case.label}, {mismatch}"
-    return None
+    return crop_at(images, padding, top, left)
+
+
+def _fast_crop_mistake(got: Any, want: torch.Tensor, images, padding, top, left) -> str:
+    """Name the usual mistake behind a wrong batch of crops, or return ''."""
+    import torch.nn.functional as F
+
+    if not isinstance(got, torch.Tensor):
+        return ""
+    if got.shape == want.permute(0, 2, 3, 1).shape != want.shape:
+        return "The gather gives (N, H, W, C): permute it to (N, C, H, W)."
+    if got.shape != want.shape:
+        return ""
+    n, _, h, w = images.shape
+    zero_padded = F.pad(images, (padding,) * 4)
+    with_zeros = torch.stack([zero_padded[i, :, t:t + h, l:l + w]
+                              for i, (t, l) in enumerate(zip(top.tolist(), left.tolist()))])
+    if torch.allclose(got, with_zeros):
+        return ("The pixels from the padding are zeros: pad by mirroring the border, "
+                "F.pad(images, (p, p, p, p), mode='reflect').")
+    if torch.allclose(got, _fast_true_crop(images, padding, left, top)):
+        return ("The crops are shifted the wrong way: top[i] moves the window down (rows, dimension 2), "
+                "left[i] moves it right (columns, dimension 3).")
+    return ""
 
 
 register(Exercise(
@@ -1142,7 +1162,7 @@ register(Exercise(
     hint="rows = top[:, None] + torch.arange(H) has shape (N, H) and cols = left[:, None] + "
          "torch.arange(W) shape (N, W); padded[torch.arange(N)[:, None, None], :, rows[:, :, None], "
          "cols[:, None, :]] has shape (N, H, W, C): permute it to (N, C, H, W).",
-    judge=_fast_judge_crop,
+    judge=judge_cases(_fast_crop_cases, _fast_true_crop, _fast_crop_mistake),
 ))
 
 
@@ -1275,7 +1295,7 @@ def _evaluation_confusions() -> list[Case]:
     ]
 
 
-def _evaluation_recall_mistake(got: Any, confusion: torch.Tensor) -> str:
+def _evaluation_recall_mistake(got: Any, want: Any, confusion: torch.Tensor) -> str:
     """Name the usual mistake behind a wrong per-class recall, or return ''."""
     from helpers.metrics import precision
 
@@ -1301,19 +1321,10 @@ def _evaluation_recall_mistake(got: Any, confusion: torch.Tensor) -> str:
     return ""
 
 
-def _evaluation_judge_recall(answer: Callable) -> str | None:
+def _evaluation_true_recall(confusion: torch.Tensor) -> torch.Tensor:
     from helpers.metrics import recall
 
-    for case in _evaluation_confusions():
-        confusion = case.args[0]
-        want = recall(confusion)
-        got = call_answer(answer, case.label, confusion.clone())
-        try:
-            compare(got, want, atol=1e-6, rtol=1e-5)
-        except _Mismatch as mismatch:
-            explanation = _evaluation_recall_mistake(got, confusion)
-            return f"on {case.label}, {mismatch}" + (f". {explanation}" if explanation else "")
-    return None
+    return recall(confusion)
 
 
 register(Exercise(
@@ -1323,7 +1334,7 @@ register(Exercise(
     minutes=10,
     hint="recall of class k is confusion[k, k] divided by the sum of row k (confusion.sum(dim=1)); "
          "use torch.where to put 0 where a row sums to 0, and work in floats.",
-    judge=_evaluation_judge_recall,
+    judge=judge_cases(_evaluation_confusions, _evaluation_true_recall, _evaluation_recall_mistake),
 ))
 
 
@@ -1349,9 +1360,13 @@ def _evaluation_true_macro_f1(y_true, y_pred, num_classes: int) -> float:
     return macro_average(f1_score(confusion_matrix(y_true, y_pred, num_classes)))
 
 
-def _evaluation_macro_f1_mistake(got: float, y_true, y_pred, num_classes: int) -> str:
+def _evaluation_macro_f1_mistake(got: Any, want: float, y_true, y_pred, num_classes: int) -> str:
     from helpers.metrics import confusion_matrix, f1_score, macro_average, precision, recall
 
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        return ""
     confusion = confusion_matrix(y_true, y_pred, num_classes)
     f1 = f1_score(confusion).double()
     support = confusion.sum(dim=1).double()
@@ -1377,21 +1392,6 @@ def _evaluation_macro_f1_mistake(got: float, y_true, y_pred, num_classes: int) -
     return ""
 
 
-def _evaluation_judge_macro_f1(answer: Callable) -> str | None:
-    for case in _evaluation_label_cases():
-        want = _evaluation_true_macro_f1(*case.args)
-        got = call_answer(answer, case.label, *case.args)
-        try:
-            compare(got, want, atol=1e-6, rtol=1e-5)
-        except _Mismatch as mismatch:
-            if isinstance(got, torch.Tensor) and got.numel() == 1:
-                got = got.item()
-            explanation = (_evaluation_macro_f1_mistake(float(got), *case.args)
-                           if isinstance(got, (int, float)) and not isinstance(got, bool) else "")
-            return f"on {case.label}, {mismatch}" + (f". {explanation}" if explanation else "")
-    return None
-
-
 register(Exercise(
     name="evaluation.macro_f1",
     title="Macro-F1 from labels",
@@ -1399,7 +1399,7 @@ register(Exercise(
     minutes=15,
     hint="count TP, FP and FN of each class k (or build the confusion matrix), F1_k = 2 TP / (2 TP + FP + FN) "
          "with 0 when that denominator is 0, then the plain mean over all num_classes classes.",
-    judge=_evaluation_judge_macro_f1,
+    judge=judge_cases(_evaluation_label_cases, _evaluation_true_macro_f1, _evaluation_macro_f1_mistake),
 ))
 
 

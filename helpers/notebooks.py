@@ -17,8 +17,10 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 STAMP_KEY = "course"
@@ -70,7 +72,10 @@ def execute(path: Path, timeout: int = 1800, out: Path | None = None) -> dict:
     """Execute the notebook at ``path`` and stamp it; returns the stamp.
 
     The executed notebook replaces the original, or is written to the folder ``out`` (how a run
-    on another machine, such as the GPU machine, sends its notebooks back).
+    on another machine, such as the GPU machine, sends its notebooks back). A run that fails (a
+    cell raised or ran out of time) or that is not fit to keep never replaces anything: it is
+    written to ``out/rejected/`` (with ``out``) or to a new temporary folder, for reading, and
+    a ``RuntimeError`` says where.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -85,6 +90,14 @@ def execute(path: Path, timeout: int = 1800, out: Path | None = None) -> dict:
     os.environ[EXECUTING_ENV] = "1"  # the kernel inherits the environment
     try:
         client.execute()
+    except Exception as error:  # a cell raised, or ran out of time
+        nb.cells.pop()
+        rejected = _keep_rejected(nb, path, out)
+        # The last line of nbclient's message names the exception; drop its terminal colours.
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+        last_line = (message.splitlines() or [type(error).__name__])[-1]
+        raise RuntimeError(f"{path} failed to run ({type(error).__name__}: {last_line[:300]}). "
+                           f"The partial run is in {rejected}; {path} is unchanged.") from error
     finally:
         if previous is None:
             del os.environ[EXECUTING_ENV]
@@ -104,12 +117,21 @@ def execute(path: Path, timeout: int = 1800, out: Path | None = None) -> dict:
     found = problems(nb)
     if found:
         # Keep the committed notebook as it was; leave the rejected run where it can be read.
-        rejected = Path(tempfile.mkdtemp(prefix="rejected-")) / path.name
-        nbformat.write(nb, rejected)
+        rejected = _keep_rejected(nb, path, out)
         raise RuntimeError(f"{path} ran, but its outputs are not fit to keep: " + "; ".join(found)
                            + f". The run is in {rejected}; {path} is unchanged.")
     nbformat.write(nb, path if out is None else out / path.name)
     return stamp
+
+
+def _keep_rejected(nb, path: Path, out: Path | None) -> Path:
+    """Write a run that must not replace ``path`` where it can be read; returns where."""
+    import nbformat
+
+    folder = out / "rejected" if out is not None else Path(tempfile.mkdtemp(prefix="rejected-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / path.name)
+    return folder / path.name
 
 
 def book_notebooks(root: Path) -> list[Path]:
@@ -134,10 +156,21 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"{path} does not exist")
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
+        # Every notebook gets its turn even when an earlier one fails: on a borrowed GPU machine
+        # one run must bring back as much as it can.
+        failed = 0
         for path in args.paths:
-            stamp = execute(path, args.timeout, args.out)
-            print(f"{path}: executed on {stamp['device']} (quick mode: {stamp['quick_mode']}, data: {stamp['data_source']})")
-        return 0
+            start = time.perf_counter()
+            try:
+                stamp = execute(path, args.timeout, args.out)
+            except RuntimeError as error:
+                failed += 1
+                print(f"{path}: NOT kept, after {time.perf_counter() - start:.0f} s. {error}",
+                      file=sys.stderr, flush=True)
+                continue
+            print(f"{path}: executed in {time.perf_counter() - start:.0f} s on {stamp['device']} "
+                  f"(quick mode: {stamp['quick_mode']}, data: {stamp['data_source']})", flush=True)
+        return 1 if failed else 0
 
     import nbformat
     paths = args.paths or book_notebooks(Path.cwd())

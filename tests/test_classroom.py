@@ -432,3 +432,36 @@ def test_the_table_is_put_between_its_markers_only():
     assert guide_with_table(text, "new") == f"intro\n\n{TABLE_START}\nnew\n{TABLE_END}\n\nafter\n"
     with pytest.raises(ValueError, match="has no lines"):
         guide_with_table("no markers", "new")
+
+
+# --- The instructor guide's own example of a new exercise ----------------------------------------
+
+def _guide_section(title: str) -> str:
+    guide = (ROOT / "book" / "instructor_guide.md").read_text()
+    assert f"## {title}\n" in guide, f"the instructor guide has no section {title!r}"
+    return guide.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_guides_example_exercise_runs_and_gives_the_verdicts_it_shows(monkeypatch, capsys):
+    section = _guide_section("Writing an exercise of your own")
+    solution, check_cell, plain, explained = re.findall(r"```python\n(.*?)```", section, re.S)
+    shown = re.search(r"```text\n(❌ .*?)\n```", section, re.S).group(1)
+    monkeypatch.setattr(exercises, "EXERCISES", dict(exercises.EXERCISES))  # registered for this test only
+    namespace = {"check": exercises.check}
+    for code in (plain, explained, solution):
+        exec(code, namespace)
+    exec(check_cell, namespace)
+    assert capsys.readouterr().out == "✅ losses.mean_absolute_error: passed on all 2 inputs\n"
+
+    def the_sum(prediction, target):
+        return (prediction - target).abs().sum()
+
+    verdict = exercises.judge_answer("losses.mean_absolute_error_explained", the_sum)
+    assert str(verdict) == " ".join(shown.split("\n"))  # the guide wraps the line
+    plain_verdict = exercises.judge_answer("losses.mean_absolute_error", the_sum)
+    assert plain_verdict.status == exercises.FAILED and "That is the sum" not in plain_verdict.message
+    as_float = exercises.judge_answer("losses.mean_absolute_error_explained",
+                                      lambda p, t: float((p - t).abs().sum()))
+    assert as_float.message.endswith("expected a tensor, got float 1.0")  # no mistake matched, none raised
+    exec(starter_code(solution), namespace)  # what the student edition gives the learner
+    assert exercises.judge_answer("losses.mean_absolute_error", namespace["mean_absolute_error"]).status == NOT_DONE

@@ -324,7 +324,7 @@ def test_channel_mean_std_exercise_names_the_usual_mistakes():
         assert verdict.status == FAILED
         assert re.search(message, verdict.message), verdict.message
     verdict = judge_answer("data.channel_mean_std", lambda images: images.float().mean())
-    assert "expected a pair (mean, std), got tensor" in verdict.message
+    assert "expected a tuple of 2 items, got tensor" in verdict.message
 
 
 def test_batches_per_epoch_exercise_catches_forgetting_drop_last():

@@ -137,3 +137,22 @@ def test_executed_kernels_know_they_are_executed(tmp_path, monkeypatch):
     execute(path)
     assert nbformat.read(path, as_version=4).cells[0].outputs[0].text == "1\n"
     assert "COURSE_EXECUTING" not in os.environ  # and the setting does not leak out
+
+
+def test_a_failing_notebook_is_kept_for_reading_and_the_next_one_still_runs(tmp_path):
+    broken, fine, out = tmp_path / "broken.ipynb", tmp_path / "fine.ipynb", tmp_path / "out"
+    nb = _tiny_notebook("42\n")
+    nb.cells[0].source = "print('before')\nraise ValueError('no data here')"
+    nbformat.write(nb, broken)
+    before = broken.read_text()
+    nbformat.write(_tiny_notebook(None), fine)
+    run = subprocess.run([sys.executable, "-m", "helpers.notebooks", "execute", "--out", str(out),
+                          str(broken), str(fine)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 1
+    assert "broken.ipynb: NOT kept" in run.stderr and "ValueError: no data here" in run.stderr
+    assert broken.read_text() == before  # the original is untouched
+    partial = nbformat.read(out / "rejected" / "broken.ipynb", as_version=4)
+    assert partial.cells[0].outputs[0].text == "before\n"  # what ran before the error, to read
+    assert [o.output_type for o in partial.cells[0].outputs][-1] == "error"
+    assert "fine.ipynb: executed in" in run.stdout
+    assert nbformat.read(out / "fine.ipynb", as_version=4).cells[0].outputs[0].text == "42\n"

@@ -392,9 +392,9 @@ def article_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.
 def test_adam_exercise_names_the_missing_bias_correction():
     verdict = judge_answer("optimizers.adam_step", article_adam_step)
     assert verdict.status == FAILED
-    assert verdict.message == ("on the first step (step=1, averages at zero): the update matches Adam WITHOUT "
-                               "bias correction (the article's formula): divide m by 1 - beta1**step and v "
-                               "by 1 - beta2**step before the update")
+    assert verdict.message.startswith("on the first step (step=1, averages at zero), item 0: expected tensor(")
+    assert verdict.message.endswith(". The update matches Adam WITHOUT bias correction (the article's formula): "
+                                    "divide m by 1 - beta1**step and v by 1 - beta2**step before the update.")
 
 
 def test_adam_exercise_names_eps_inside_the_root_and_passes_the_helpers_adam():
@@ -421,7 +421,9 @@ def test_adam_exercise_reports_a_crash_and_a_wrong_return():
         return param - lr * grad.sign()
 
     verdict = judge_answer("optimizers.adam_step", forgets_the_averages)
-    assert verdict.status == FAILED and verdict.message.startswith("on the first step (step=1, averages at zero): ")
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("on the first step (step=1, averages at zero), expected a tuple of 3 items, "
+                                      "got tensor(")
 
 
 def test_momentum_exercise_recognises_the_textbook_form_and_early_dampening():
@@ -434,9 +436,12 @@ def test_momentum_exercise_recognises_the_textbook_form_and_early_dampening():
         return param - lr * (grad + momentum * b if nesterov else b), b
 
     message = judge_answer("optimizers.momentum_step", textbook).message
-    assert message.startswith("on the first step (buffer=None), lr=0.1, momentum=0.9: the answer is the textbook form")
+    assert message.startswith("on the first step (buffer=None), lr=0.1, momentum=0.9, item 1: expected tensor(")
+    assert ". The answer is the textbook form" in message
     message = judge_answer("optimizers.momentum_step", damped_at_once).message
-    assert message.startswith("on the first step with dampening=0.5: the first step dampens the gradient")
+    assert message.startswith("on the first step with dampening=0.5, item 0: expected tensor(")
+    assert message.endswith(". The first step dampens the gradient; PyTorch starts the buffer at the gradient "
+                            "itself, b <- g, and dampens only later steps.")
 
 
 def test_momentum_exercise_recognises_a_forgotten_nesterov_and_a_crash_on_the_first_step():
@@ -450,7 +455,7 @@ def test_momentum_exercise_recognises_a_forgotten_nesterov_and_a_crash_on_the_fi
 
     assert "nesterov=True is ignored" in judge_answer("optimizers.momentum_step", no_nesterov).message
     message = judge_answer("optimizers.momentum_step", crashes_on_none).message
-    assert message.startswith("on the first step (buffer=None), lr=0.1, momentum=0.9: the answer raised TypeError")
+    assert message.startswith("on the first step (buffer=None), lr=0.1, momentum=0.9, the answer raised TypeError")
 
 
 @pytest.mark.parametrize("answer, expected", [
