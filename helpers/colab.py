@@ -26,7 +26,8 @@ COLAB_MODULE = "google.colab"  # imported by every Colab kernel at start-up
 CELL_TEMPLATE = """\
 import sys
 
-if "google.colab" in sys.modules:  # Colab has torch already: install only the course's helpers
+# Colab has torch already: install only the course's helpers.
+if "google.colab" in sys.modules:
     %pip install --quiet --no-deps \\
         "{target}\""""
 

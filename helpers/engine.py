@@ -189,8 +189,9 @@ def topological_order(outputs: Sequence[Value]) -> list[Value]:
                 order.append(node)
             elif node not in seen:
                 seen.add(node)
-                stack.append((node, True))  # listed after its parents, pushed next
-                stack.extend((p, False) for p in node._parents if p not in seen)
+                stack.append((node, True))  # listed after its parents
+                stack.extend((p, False) for p in node._parents
+                             if p not in seen)
     return order
 
 
@@ -198,13 +199,15 @@ def backward(outputs: Value | Sequence[Value],
              grads: Sequence[float] | None = None) -> None:
     """Reverse mode from one output, or from several with one seed each.
 
-    For outputs ``y_1..y_m`` and seeds ``g_1..g_m``, every value ``x`` they depend
-    on gets ``x.grad += sum_i g_i dy_i/dx``: the vector-Jacobian product ``g^T J``.
-    Without seeds the output must be a single value (seed 1), as in PyTorch.
+    For outputs ``y_1..y_m`` and seeds ``g_1..g_m``, every value ``x`` they
+    depend on gets ``x.grad += sum_i g_i dy_i/dx``: the vector-Jacobian
+    product ``g^T J``. Without seeds the output must be a single value
+    (seed 1), as in PyTorch.
     """
     outputs, grads = _outputs_and_seeds(outputs, grads)
     order = topological_order(outputs)
-    for node in order:  # intermediate gradients are recomputed; leaves accumulate
+    # Intermediate gradients are recomputed; leaves accumulate.
+    for node in order:
         if node._parents:
             node.grad = 0.0
     for out, g in zip(outputs, grads):

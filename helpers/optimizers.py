@@ -205,7 +205,7 @@ class Adam(_FormulaOptimizer):
         g = grad
         if wd != 0:
             if self.decoupled_weight_decay:
-                param.mul_(1 - lr * wd)  # AdamW: shrink θ, outside the averages
+                param.mul_(1 - lr * wd)  # AdamW: decay θ directly, not via g
             else:
                 g = grad + wd * param  # Adam: the penalty's gradient joins g
         m = state["exp_avg"].mul_(beta1).add_((1 - beta1) * g)

@@ -226,8 +226,10 @@ def _accumulators(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
-                    optimizer: torch.optim.Optimizer, device: torch.device | str, *,
-                    progress: bool | ProgressBar | None = None, description: str = "train",
+                    optimizer: torch.optim.Optimizer,
+                    device: torch.device | str, *,
+                    progress: bool | ProgressBar | None = None,
+                    description: str = "train",
                     correct_fn: Callable | None = count_correct) -> dict:
     """One pass over ``loader``, one optimizer step per batch.
 
@@ -245,14 +247,16 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
     total_loss, total_correct = _accumulators(device)
     samples = 0
     for inputs, targets in loader:
-        inputs, targets = to_device(inputs, device), to_device(targets, device)
-        optimizer.zero_grad(set_to_none=True)  # backward() adds to .grad: clear it
+        inputs = to_device(inputs, device)
+        targets = to_device(targets, device)
+        # backward() adds to .grad: clear it first.
+        optimizer.zero_grad(set_to_none=True)
         outputs = model(inputs)  # forward pass
         loss = loss_fn(outputs, targets)  # mean loss of this batch
         loss.backward()  # its gradient with respect to every parameter
         optimizer.step()  # update the parameters with it
         n = _batch_size(targets)
-        total_loss += loss.detach() * n  # no .item(): it would wait for the GPU
+        total_loss += loss.detach() * n  # no .item(): it waits for the GPU
         if correct_fn is not None:
             total_correct += correct_fn(outputs.detach(), targets)
         samples += n
@@ -262,7 +266,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
         bar.freeze()
         if bar is not progress and (bar.visible or progress is True):
             bar.finish()  # our own bar: leave the finished bar in place
-    return _summary(total_loss, total_correct, samples, correct_fn, training=True)
+    return _summary(total_loss, total_correct, samples, correct_fn,
+                    training=True)
 
 
 def _bar_for(progress, loader, description: str) -> ProgressBar | None:
@@ -271,14 +276,15 @@ def _bar_for(progress, loader, description: str) -> ProgressBar | None:
     return ProgressBar(_total_batches(loader), description, live=progress)
 
 
-@torch.no_grad()  # record no graph: less memory, less time, no gradients by mistake
+@torch.no_grad()  # no graph: less memory, less time, no gradients by mistake
 def evaluate(model: nn.Module, loader, loss_fn: Callable,
              device: torch.device | str, *,
              correct_fn: Callable | None = count_correct) -> dict:
-    """Mean loss per sample and accuracy of ``model`` over ``loader``, in eval mode.
+    """Mean loss per sample and accuracy of ``model`` over ``loader``,
+    in eval mode.
 
-    Returns ``{"loss", "accuracy", "samples"}``. The model's mode (train or eval) is
-    restored afterwards, and its parameters are not touched.
+    Returns ``{"loss", "accuracy", "samples"}``. The model's mode (train or
+    eval) is restored afterwards, and its parameters are not touched.
     """
     device = torch.device(device)
     was_training = model.training
@@ -287,7 +293,8 @@ def evaluate(model: nn.Module, loader, loss_fn: Callable,
     samples = 0
     try:
         for inputs, targets in loader:
-            inputs, targets = to_device(inputs, device), to_device(targets, device)
+            inputs = to_device(inputs, device)
+            targets = to_device(targets, device)
             outputs = model(inputs)
             n = _batch_size(targets)
             total_loss += loss_fn(outputs, targets) * n
@@ -296,7 +303,8 @@ def evaluate(model: nn.Module, loader, loss_fn: Callable,
             samples += n
     finally:
         model.train(was_training)
-    return _summary(total_loss, total_correct, samples, correct_fn, training=False)
+    return _summary(total_loss, total_correct, samples, correct_fn,
+                    training=False)
 
 
 def _summary(total_loss: torch.Tensor, total_correct: torch.Tensor, samples: int,

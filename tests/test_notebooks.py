@@ -1,5 +1,6 @@
 """The committed notebooks are executed, fresh and clean; nbval (run over book/) does the rest."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,48 @@ def test_a_failing_notebook_is_kept_for_reading_and_the_next_one_still_runs(tmp_
     assert [o.output_type for o in partial.cells[0].outputs][-1] == "error"
     assert "fine.ipynb: executed in" in run.stdout
     assert nbformat.read(out / "fine.ipynb", as_version=4).cells[0].outputs[0].text == "42\n"
+
+
+# A code block of the book's pages shows 80 characters; a longer line gets a scroll bar.
+PAGE_WIDTH = 80
+CODE_WIDTH = 79  # PEP 8's limit, for the code itself
+
+
+def _shown_text(output) -> str:
+    """The text of an output that the book shows in a code block (wrapped by nobody)."""
+    if output["output_type"] == "stream":
+        return output["text"]
+    data = output.get("data", {})
+    if "text/markdown" in data:  # only code fences in it keep their lines
+        fences = re.findall(r"```[a-z]*\n(.*?)```", data["text/markdown"], re.S)
+        return "\n".join(fences)
+    richer = {"text/html", "image/png", "image/svg+xml", "application/vnd.jupyter.widget-view+json"}
+    if "text/plain" in data and not richer & data.keys():
+        return data["text/plain"]
+    return ""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_code_and_printed_text_fit_the_page(path):
+    too_long = []
+    for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.cell_type != "code":
+            continue
+        too_long += [f"cell {i}, code: {line}" for line in cell.source.splitlines() if len(line) > CODE_WIDTH]
+        if "remove-output" in cell.get("metadata", {}).get("tags", []):
+            continue
+        for out in cell.get("outputs", []):
+            too_long += [f"cell {i}, output: {line}" for line in _shown_text(out).splitlines()
+                         if len(line) > PAGE_WIDTH]
+    assert not too_long, (f"lines a reader would have to scroll sideways to read (code over {CODE_WIDTH} "
+                          f"characters, shown output over {PAGE_WIDTH}):\n" + "\n".join(too_long))
+
+
+def test_the_width_check_sees_long_printed_lines_and_code_fences():
+    assert _shown_text(nbformat.v4.new_output("stream", name="stdout", text="x" * 90)) == "x" * 90
+    markdown = nbformat.v4.new_output("display_data", data={
+        "text/markdown": "a paragraph the browser wraps " * 9 + "\n```python\nlong = 1\n```\n",
+        "text/plain": "<IPython.core.display.Markdown object>"})
+    assert _shown_text(markdown) == "long = 1\n"
+    figure = nbformat.v4.new_output("display_data", data={"image/png": "", "text/plain": "<Figure>" * 20})
+    assert _shown_text(figure) == ""
