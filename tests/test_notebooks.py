@@ -202,3 +202,30 @@ def test_the_width_check_sees_long_printed_lines_and_code_fences():
     assert _shown_text(markdown) == "long = 1\n"
     figure = nbformat.v4.new_output("display_data", data={"image/png": "", "text/plain": "<Figure>" * 20})
     assert _shown_text(figure) == ""
+
+
+def _code_block_lines(markdown: str) -> list[str]:
+    """The lines of the code blocks of a MyST page (fenced blocks, not directives such as
+    ```{glossary}, whose text the browser wraps); a fence closes on as many backticks."""
+    lines, fence, in_code = [], None, False
+    for line in markdown.splitlines():
+        opening = re.match(r"^\s*(`{3,})(.*)$", line)
+        if fence is None and opening:
+            fence, in_code = opening.group(1), not opening.group(2).strip().startswith("{")
+        elif fence is not None and line.strip() == fence:
+            fence = None
+        elif fence is not None and in_code:
+            lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "book").glob("*.md")), ids=lambda p: p.name)
+def test_the_code_blocks_of_pages_fit_the_page(path):
+    too_long = [line for line in _code_block_lines(path.read_text()) if len(line) > PAGE_WIDTH]
+    assert not too_long, f"code lines over {PAGE_WIDTH} characters in {path.name}:\n" + "\n".join(too_long)
+
+
+def test_code_block_lines_skip_directives_and_follow_nested_fences():
+    page = ("text\n```{glossary}\n" + "g" * 90 + "\n```\n````text\n```{exercise} x\n"
+            "inside\n```\n````\n```bash\ncommand\n```\n")
+    assert _code_block_lines(page) == ["```{exercise} x", "inside", "```", "command"]
