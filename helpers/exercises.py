@@ -408,7 +408,7 @@ def _losses_bce_gradient(answer: Callable) -> str | None:
     """Once the values are right: is the gradient (sigmoid(z) - y) / N, finite at large logits?"""
     logits = torch.tensor([-200.0, -3.0, 0.5, 200.0], requires_grad=True)
     targets = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    loss = answer(logits, targets)
+    loss = call_answer(answer, "logits [-200.0, -3.0, 0.5, 200.0] that require a gradient", logits, targets)
     if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
         return ("the values are right, but the result is not connected to the logits' graph "
                 "(was .item(), .detach() or a new torch.tensor(...) used?), so no gradient "
@@ -685,7 +685,7 @@ def _judge_learning_rate(answer) -> str | None:
     """Gradient descent (torch.optim.SGD) with the answer's rate on (a x² + b y²)/2 from (1, 1)."""
     steps, tolerance = 100, 1e-2
     for a, b in [(1.0, 20.0), (1.0, 5.0), (4.0, 10.0), (0.1, 1.0), (20.0, 2.0)]:
-        lr = answer(a, b)
+        lr = call_answer(answer, f"a={a}, b={b}", a, b)
         if isinstance(lr, torch.Tensor) and lr.numel() == 1:
             lr = lr.item()
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
@@ -917,7 +917,7 @@ def _judge_sigmoid_op(answer: Callable) -> str | None:
 
     for x in (-2.0, 0.0, 0.7, 3.0):
         v = Value(x)
-        out = answer(v)
+        out = call_answer(answer, f"v = Value({x:g})", v)
         if not isinstance(out, Value):
             return (f"sigmoid(v) returned a {type(out).__name__}, not a Value: build the result with "
                     f"Value(number, (v,), 'sigmoid')")
@@ -979,7 +979,7 @@ def _judge_train_step(answer: Callable) -> str | None:
                for _ in range(3)]
     for k, (inputs, targets) in enumerate(batches, start=1):
         before = [p.detach().clone() for p in model.parameters()]
-        loss = answer(model, optimizer, inputs, targets)
+        loss = call_answer(answer, f"batch {k}", model, optimizer, inputs, targets)
         # What the step must do: one step of gradient descent on this batch's loss alone.
         expected_loss = F.mse_loss(reference(inputs), targets)
         grads = torch.autograd.grad(expected_loss, list(reference.parameters()))

@@ -131,3 +131,18 @@ def test_a_judge_that_calls_the_answer_reports_its_crash_with_the_input(monkeypa
 
 def starter_raises(x):
     raise NotImplementedError("write your answer here")
+
+
+@pytest.mark.parametrize("name, on", [
+    ("optimizers.learning_rate", "on a=1.0, b=20.0, "),
+    ("autograd.sigmoid_op", "on v = Value(-2), "),
+    ("autograd.train_step", "on batch 1, "),
+    ("losses.bce_with_logits", "on logits [-2.0, 0.5, 3.0] and targets [0.0, 1.0, 1.0], "),
+])
+def test_a_crashing_answer_is_told_which_input_it_crashed_on(name, on):
+    def crashes(*args):
+        return 1 / 0
+
+    verdict = judge_answer(name, crashes)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith(on + "the answer raised ZeroDivisionError: division by zero"), verdict.message
