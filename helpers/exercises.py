@@ -83,10 +83,21 @@ class _Mismatch(Exception):
     """An answer's result that is not the expected one; the message says how."""
 
 
+def _short_numbers(values: Any) -> str:
+    """``tolist()`` output with floats to 6 significant digits: a verdict names the largest
+    difference itself, so the digits past the sixth only make the message harder to read."""
+    if isinstance(values, list):
+        return "[" + ", ".join(_short_numbers(v) for v in values) + "]"
+    if isinstance(values, float):
+        text = f"{values:.6g}"
+        return text if any(c in text for c in ".ein") else text + ".0"  # 1.0, not 1
+    return repr(values)
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         if value.numel() <= 8:
-            return f"tensor({value.detach().tolist()}) of shape {tuple(value.shape)}"
+            return f"tensor({_short_numbers(value.detach().tolist())}) of shape {tuple(value.shape)}"
         return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
