@@ -95,25 +95,29 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     return DistributedContext(rank, local_rank, world_size, chosen, backend)
 
 
-def stand_in_tensors(num_images: int, seed: int = 0) -> TensorDataset:
-    """The quick-mode stand-in for CIFAR-10 (``helpers.data.StandInCIFAR10``) as a normalised
-    ``TensorDataset`` of images (N, 3, 32, 32) and labels (N,): the same on every rank."""
-    from helpers.data import StandInCIFAR10
-    from helpers.fast import channel_stats, dataset_to_tensors, normalise
+def _normalised_tensors(dataset, limit: int | None = None) -> TensorDataset:
+    """``dataset``'s images (a random ``limit`` of them) decoded once and normalised with their
+    own per-channel statistics, as a ``TensorDataset`` of images (N, 3, H, W) and labels (N,)."""
+    from helpers.fast import channel_stats, dataset_to_tensors, normalise, random_subset
 
-    images, labels = dataset_to_tensors(StandInCIFAR10(num_images, seed=seed))
+    images, labels = random_subset(*dataset_to_tensors(dataset, num_workers=0), limit, seed=0)
     mean, std = channel_stats(images)
     return TensorDataset(normalise(images, mean, std), labels)
+
+
+def stand_in_tensors(num_images: int, seed: int = 0) -> TensorDataset:
+    """The quick-mode stand-in for CIFAR-10 (``helpers.data.StandInCIFAR10``), normalised:
+    the same on every rank."""
+    from helpers.data import StandInCIFAR10
+
+    return _normalised_tensors(StandInCIFAR10(num_images, seed=seed))
 
 
 def cifar10_tensors(limit: int | None = None) -> TensorDataset:
-    """CIFAR-10's training split (``helpers.data.load_cifar10``, quiet), normalised, as a ``TensorDataset``."""
+    """CIFAR-10's training split (``helpers.data.load_cifar10``, quiet), normalised."""
     from helpers.data import load_cifar10
-    from helpers.fast import _subset, channel_stats, dataset_to_tensors, normalise
 
-    images, labels = _subset(*dataset_to_tensors(load_cifar10(announce=False).train, num_workers=0), limit, 0)
-    mean, std = channel_stats(images)
-    return TensorDataset(normalise(images, mean, std), labels)
+    return _normalised_tensors(load_cifar10(announce=False).train, limit)
 
 
 def training_data(config: "TrainConfig", context: DistributedContext) -> TensorDataset:

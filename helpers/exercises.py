@@ -753,8 +753,9 @@ def _data_stats_cases() -> list[Case]:
 
 
 def _data_true_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    std, mean = torch.std_mean(images.double() / 255, dim=(0, 2, 3), correction=0)
-    return mean.float(), std.float()
+    from helpers.fast import channel_stats  # the same statistics, on one uint8 tensor
+
+    return channel_stats(images)
 
 
 def _data_stats_mistake(got: Any, want: Any, images: torch.Tensor) -> str:
@@ -1425,11 +1426,14 @@ def _evaluation_curves() -> list[Case]:
     ]
 
 
-def _evaluation_stopping(val_losses, patience: int) -> tuple[int, int]:
-    """(the epoch whose weights early stopping keeps, the epoch after which it stops), 1-based."""
+def _evaluation_stopping(val_losses, patience: int, ties_improve: bool = False) -> tuple[int, int]:
+    """(the epoch whose weights early stopping keeps, the epoch after which it stops), 1-based.
+
+    ``ties_improve=True`` is the usual mistake of counting a loss equal to the best as a new best.
+    """
     best, best_epoch, waited = math.inf, 0, 0
     for epoch, loss in enumerate(val_losses, start=1):
-        if loss < best:
+        if loss < best or (ties_improve and loss == best):
             best, best_epoch, waited = loss, epoch, 0
         else:
             waited += 1
@@ -1449,7 +1453,7 @@ def _evaluation_judge_early_stopping(answer: Callable) -> str | None:
             continue
         message = f"on {case.label}, expected epoch {want}, got {got}"
         global_best = min(range(len(losses)), key=lambda i: losses[i]) + 1
-        ties_best = _evaluation_stopping_with_ties(losses, patience)
+        ties_best, _ = _evaluation_stopping(losses, patience, ties_improve=True)
         if got == want - 1:
             message += (". Epochs are numbered from 1, as in fit's history: add 1 to the index of the best "
                         "loss")
@@ -1465,18 +1469,6 @@ def _evaluation_judge_early_stopping(answer: Callable) -> str | None:
                         "that reached it, and count the tie as an epoch without improvement")
         return message
     return None
-
-
-def _evaluation_stopping_with_ties(val_losses, patience: int) -> int:
-    best, best_epoch, waited = math.inf, 0, 0
-    for epoch, loss in enumerate(val_losses, start=1):
-        if loss <= best:
-            best, best_epoch, waited = loss, epoch, 0
-        else:
-            waited += 1
-            if waited == patience:
-                break
-    return best_epoch
 
 
 register(Exercise(

@@ -108,7 +108,9 @@ class DeviceData:
     source: str
 
 
-def _subset(images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int):
+def random_subset(images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int):
+    """``limit`` of the ``(images, labels)`` pairs, chosen at random with ``seed`` (all of them
+    when ``limit`` is None or not smaller than their number)."""
     if limit is None or limit >= len(labels):
         return images, labels
     # A random subset, not the first images: an image folder lists its images class by class.
@@ -126,8 +128,8 @@ def cifar10_on_device(device: torch.device | str, cifar: CIFAR10Data | None = No
     """
     device = torch.device(device)
     cifar = cifar if cifar is not None else load_cifar10()
-    train_u8, train_y = _subset(*dataset_to_tensors(cifar.train, num_workers=num_workers), train_limit, seed)
-    test_u8, test_y = _subset(*dataset_to_tensors(cifar.test, num_workers=num_workers), test_limit, seed)
+    train_u8, train_y = random_subset(*dataset_to_tensors(cifar.train, num_workers=num_workers), train_limit, seed)
+    test_u8, test_y = random_subset(*dataset_to_tensors(cifar.test, num_workers=num_workers), test_limit, seed)
     mean, std = channel_stats(train_u8)
     return DeviceData(
         train_images=normalise(train_u8.to(device), mean, std), train_labels=train_y.to(device),
@@ -347,16 +349,12 @@ class DeviceTimer:
         self.uses_events = self.device.type == "cuda"
         self._seconds: float | None = None
 
-    def _sync(self) -> None:
-        if self.device.type == "mps":  # no events there
-            torch.mps.synchronize()
-
     def __enter__(self) -> "DeviceTimer":
         if self.uses_events:
             self._start = torch.cuda.Event(enable_timing=True)
             self._start.record()  # queued, like a kernel
         else:
-            self._sync()
+            runtime.synchronize(self.device)  # Apple's GPU (no events)
             self._start_time = time.perf_counter()
         return self
 
@@ -365,7 +363,7 @@ class DeviceTimer:
             self._end = torch.cuda.Event(enable_timing=True)
             self._end.record()
         else:
-            self._sync()
+            runtime.synchronize(self.device)  # Apple's GPU (no events)
             self._seconds = time.perf_counter() - self._start_time
 
     @property

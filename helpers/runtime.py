@@ -103,6 +103,15 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def synchronize(device: torch.device | str | None) -> None:
+    """Wait until a GPU (CUDA or Apple's) has finished the work queued on it; nothing on a CPU."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device is not None and device.type == "mps":
+        torch.mps.synchronize()
+
+
 class Timer:
     """Wall-clock timer for a block of code that waits for the GPU before reading the clock.
 
@@ -119,19 +128,13 @@ class Timer:
         self.device = torch.device(device) if device is not None else None
         self.seconds = float("nan")
 
-    def _sync(self) -> None:
-        if self.device is not None and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elif self.device is not None and self.device.type == "mps":
-            torch.mps.synchronize()
-
     def __enter__(self) -> "Timer":
-        self._sync()
+        synchronize(self.device)
         self._start = time.perf_counter()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._sync()
+        synchronize(self.device)
         self.seconds = time.perf_counter() - self._start
 
     def __repr__(self) -> str:
