@@ -12,10 +12,11 @@ signatures and docstrings, each body replaced by ``raise NotImplementedError``, 
 reports as "not done yet" with a hint. The outputs of the exercise cells (solution and check
 cells) are cleared; everything else is kept.
 
-Grading runs each submitted notebook in its own kernel, with a time limit, in quick mode unless
-told otherwise, with ``COURSE_GRADING_LOG`` naming a file where every check appends its verdict
-(see helpers.exercises). It writes ``grades.csv`` and ``grades.md`` (a table, then the messages
-of every check that did not pass) and the executed notebooks.
+Grading runs each submitted notebook in its own kernel, with a time limit per cell (a cell that
+runs longer is interrupted and the run goes on), in quick mode unless told otherwise, with
+``COURSE_GRADING_LOG`` naming a file where every check appends its verdict (see
+helpers.exercises). It writes ``grades.csv`` and ``grades.md`` (a table, then the messages of
+every check that did not pass) and the executed notebooks.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import ast
 import copy
 import csv
 import json
+import logging
+import math
 import os
 import re
 import sys
@@ -35,13 +38,19 @@ from pathlib import Path
 
 import nbformat
 
-from helpers.exercises import EXERCISES, FAILED, GRADING_LOG_ENV, NOT_DONE, PASSED
+from helpers.exercises import CHECK_ERROR, EXERCISES, FAILED, GRADING_LOG_ENV, NOT_DONE, PASSED
 from helpers.runtime import QUICK_ENV
 
 SOLUTION_TAG = "solution"
 NOT_RUN = "not run"  # an exercise the notebook should have checked, with no verdict logged
+TIMED_OUT = "timed out"  # an exercise whose check was still running at the time limit
 _CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([\w.]+)["']""")
-_MARKS = {PASSED: "✅", FAILED: "❌", NOT_DONE: "⏳", NOT_RUN: "not run"}
+_MARKS = {PASSED: "✅", FAILED: "❌", NOT_DONE: "⏳", CHECK_ERROR: "⚠️ check error", NOT_RUN: "not run",
+          TIMED_OUT: "⌛ timed out"}
+# How long an interrupted cell has to stop (and a finished cell's last outputs to arrive): a
+# kernel that does not stop by then is ended, with the rest of its notebook.
+INTERRUPT_GRACE = 10
+_TIMEOUT_ERROR = "CellTimedOut"  # the error nbclient records for a cell it interrupted
 
 
 # --- Which cells are exercise cells ----------------------------------------------------------
@@ -129,7 +138,7 @@ class Submission:
     """One submitted notebook: how its run went and the verdicts its checks logged."""
 
     name: str  # its path relative to the submissions folder
-    outcome: str = "ran"  # or "raised ...", "timed out ...", "not a valid notebook ..."
+    outcome: str = "ran"  # or "timed out ...", "raised ...", "not a valid notebook ...", ...
     expected: list[str] = field(default_factory=list)  # exercises it should check
     verdicts: dict[str, dict] = field(default_factory=dict)  # exercise -> {"status", "message"}
 
@@ -150,12 +159,11 @@ def chapter_of(exercise: str) -> str:
 def expected_exercises(names: list[str], fallback: str = "") -> list[str]:
     """Every registered exercise of the chapters that ``names`` belong to, in registry order.
 
-    With no names (a file that could not be read), the chapters whose notebook name appears in
-    ``fallback`` (the file's name) are used.
+    With no names (a file that could not be read, or one without any check), ``fallback`` (the
+    file's name) is used: a file named exactly like a chapter's notebook (``training.ipynb``) is
+    expected to check that chapter's exercises.
     """
-    chapters = {chapter_of(n) for n in names}
-    if not chapters:
-        chapters = {chapter_of(e) for e in EXERCISES if chapter_of(e) in fallback}
+    chapters = {chapter_of(n) for n in names} or {Path(fallback).stem}
     return [e for e in EXERCISES if chapter_of(e) in chapters]
 
 
@@ -164,13 +172,18 @@ def _first_line(text: str, limit: int = 120) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
+def _log_lines(log: Path) -> list[str]:
+    return log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+
+
 def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Path | None = None,
                    name: str | None = None) -> Submission:
     """Run one submitted notebook in a fresh kernel and collect its verdicts.
 
-    Every cell runs, even after one raises (the first error is reported); the whole notebook,
-    kernel start included, gets ``timeout`` seconds. The executed notebook is written to
-    ``executed`` when given.
+    Every cell runs, even after one raises (the first error is reported). A cell gets ``timeout``
+    seconds; then it is interrupted, the exercise whose check it was running is "timed out",
+    and the run goes on with the next cell. The executed notebook is written to ``executed``
+    when given.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -196,39 +209,79 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
         # The kernel imports the same helpers as this command, wherever it runs from.
         package_root = str(Path(helpers.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        deadline = time.monotonic() + timeout
-        running = {}
+        logged_before = {}  # cell index -> verdicts logged before the cell ran
+        timed_out = {}  # cell index -> verdicts logged before it was interrupted
+        started = {}  # the cell running, and when it started
 
-        def time_left(cell) -> int:
-            running["cell"] = cell
-            return max(1, round(deadline - time.monotonic()))
+        def starting(cell, cell_index, **_):
+            logged_before[cell_index] = len(_log_lines(log))
+            started.update(cell=cell_index, at=time.monotonic())
 
-        client = NotebookClient(nb, timeout_func=time_left, kernel_name="python3", allow_errors=True,
-                                shutdown_kernel="immediate", resources={"metadata": {"path": workdir}})
+        def finished(cell, cell_index, execute_reply, **_):
+            if (execute_reply or {}).get("content", {}).get("ename") == _TIMEOUT_ERROR:
+                timed_out[cell_index] = len(_log_lines(log))
+
+        # nbclient logs timeouts and dead kernels, which the outcome reports.
+        quiet = logging.getLogger(f"{__name__}.nbclient")
+        quiet.setLevel(logging.CRITICAL)
+        client = NotebookClient(
+            nb, timeout=max(1, math.ceil(timeout)), kernel_name="python3", allow_errors=True,
+            interrupt_on_timeout=True, raise_on_iopub_timeout=True, iopub_timeout=INTERRUPT_GRACE,
+            error_on_timeout={"ename": _TIMEOUT_ERROR, "evalue": f"interrupted after {timeout:g} s",
+                              "traceback": []},
+            on_cell_execute=starting, on_cell_executed=finished, shutdown_kernel="immediate",
+            # The kernel's warning that it listens on localhost over unencrypted TCP would be
+            # printed for every submission; its errors still are.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            resources={"metadata": {"path": workdir}}, log=quiet)
+        outcome = []
         try:
             client.execute(env=env)
-        except CellTimeoutError:
-            where = next((f" (in cell {i + 1})" for i, c in enumerate(nb.cells) if c is running.get("cell")), "")
-            submission.outcome = f"timed out after {timeout:g} s{where}"
+        except CellTimeoutError:  # the cell's outputs, or its end after an interrupt, never came
+            stuck = started.get("cell", 0)
+            if time.monotonic() - started.get("at", 0) < timeout:
+                outcome.append(f"the outputs of cell {stuck + 1} did not all arrive within "
+                               f"{INTERRUPT_GRACE} s of its end: the later cells did not run")
+            else:
+                timed_out[stuck] = len(_log_lines(log))
+                outcome.append(f"timed out after {timeout:g} s in cell {stuck + 1} and did not stop when "
+                               "interrupted: the later cells did not run")
         except DeadKernelError:
-            submission.outcome = "the kernel died (did the notebook exit Python or run out of memory?)"
+            outcome.append("the kernel died (did the notebook exit Python or run out of memory?)")
         except Exception as error:
-            submission.outcome = f"could not be run ({type(error).__name__}: {_first_line(error)})"
+            outcome.append(f"could not be run ({type(error).__name__}: {_first_line(error)})")
         else:
+            if timed_out:
+                where = " and ".join(str(i + 1) for i in sorted(timed_out))
+                outcome.append(f"timed out after {timeout:g} s in cell{'s' if len(timed_out) > 1 else ''} "
+                               f"{where}, interrupted; the later cells ran")
             errors = [(i, out) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+                      and i not in timed_out
                       and "raises-exception" not in cell.get("metadata", {}).get("tags", [])
                       for out in cell.get("outputs", []) if out.output_type == "error"]
             if errors:
                 i, out = errors[0]
                 more = f" (and {len(errors) - 1} more cells)" if len(errors) > 1 else ""
-                submission.outcome = f"raised {out.ename} in cell {i + 1}: {_first_line(out.evalue)}{more}"
-        if log.exists():
-            for line in log.read_text(encoding="utf-8").splitlines():
-                try:
-                    verdict = json.loads(line)
-                    submission.verdicts[verdict["exercise"]] = verdict  # the last verdict counts
-                except (ValueError, KeyError, TypeError):
-                    continue
+                outcome.append(f"raised {out.ename} in cell {i + 1}: {_first_line(out.evalue)}{more}")
+        submission.outcome = "; ".join(outcome) or "ran"
+        # The verdicts in the order they were given, the last one of an exercise counting. A cell
+        # that timed out had logged the verdicts of its checks before the one it was running.
+        events = []
+        for position, line in enumerate(_log_lines(log)):
+            try:
+                verdict = json.loads(line)
+                events.append((position, verdict["exercise"], verdict))
+            except (ValueError, KeyError, TypeError):
+                continue
+        for i, logged in timed_out.items():
+            names = checked_exercises(nb.cells[i])[logged - logged_before.get(i, logged):]
+            if names:
+                events.append((logged - 0.5, names[0], {
+                    "exercise": names[0], "status": TIMED_OUT,
+                    "message": f"its check was still running after {timeout:g} s and was interrupted "
+                               "(does the answer loop forever?)"}))
+        for _, exercise, verdict in sorted(events, key=lambda event: event[0]):
+            submission.verdicts[exercise] = verdict
     if executed is not None:
         target = executed / submission.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -269,7 +322,9 @@ def write_report(submissions: list[Submission], report: Path) -> None:
 
     lines = ["# Grades", "",
              f"Submissions: {len(submissions)}. ✅ passed, ❌ failed, ⏳ not done (starter code), "
-             "'not run': no verdict (the check cell is missing, or the run stopped before it).", "",
+             "⌛ timed out (the check was interrupted), ⚠️ check error (a bug of the check itself, "
+             "not of the answer), 'not run': no verdict (the check cell is missing, or the run "
+             "stopped before it).", "",
              "| submission | outcome | passed | " + " | ".join(f"`{e}`" for e in exercises) + " |",
              "|---|---|---|" + "---|" * len(exercises)]
     for s in submissions:
@@ -361,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     grading = sub.add_parser("grade", help="run submitted notebooks and report their checks")
     grading.add_argument("submissions", type=Path, help="a folder of .ipynb files (searched recursively)")
     grading.add_argument("--report", type=Path, required=True, help="the folder to write the report into")
-    grading.add_argument("--timeout", type=float, default=600, help="seconds allowed per notebook (default 600)")
+    grading.add_argument("--timeout", type=float, default=600,
+                         help="seconds allowed per cell (default 600); a longer cell is interrupted")
     grading.add_argument("--full", action="store_true", help="run the notebooks in full mode, not quick mode")
     table = sub.add_parser("exercise-table", help="print the instructor guide's table of exercises")
     table.add_argument("--write", action="store_true", help=f"write it into {GUIDE}")

@@ -6,9 +6,12 @@ the training and evaluation chapters build their loaders with ``cifar10_loaders`
 Where the images come from, in this order (``load_cifar10`` prints which one it used, once per
 process, and records it with ``helpers.runtime.record_data_source``):
 
-1. an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (PNG or JPEG, 32x32), read with
-   ``torchvision.datasets.ImageFolder``, when given as ``image_folder=`` or, in full mode, by the
-   environment variable ``CIFAR10_JPEG_DIR`` (for machines behind a firewall or with a mirror);
+1. an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (``.png`` or ``.jpg``/``.jpeg``
+   files, 32x32), read with ``torchvision.datasets.ImageFolder``, when given as ``image_folder=``
+   or, in full mode, by the environment variable ``CIFAR10_JPEG_DIR`` (for machines behind a
+   firewall or with a mirror). Outside quick mode every class folder must hold all of CIFAR-10's
+   images (5,000 for training, 1,000 for testing); in quick mode smaller copies are accepted, as
+   long as every class of a split holds the same number. Either way a copy cut short is refused;
 2. in quick mode (``COURSE_QUICK=1``), a small generated stand-in with CIFAR-10's shapes and
    classes, announced as such. Quick mode ignores ``CIFAR10_JPEG_DIR``, so that the tests run
    fast and the same on every machine;
@@ -43,6 +46,11 @@ JPEG_DIR_ENV = "CIFAR10_JPEG_DIR"
 DEFAULT_DOWNLOAD_ROOT = Path("~/.cache/pytorch-course/cifar10")
 # Size of the quick-mode stand-in: large enough to learn something in one short epoch.
 STAND_IN_SIZES = {"train": 2500, "test": 500}
+# Images per class in CIFAR-10's splits: what a complete image-folder copy holds.
+IMAGES_PER_CLASS = {"train": 5000, "test": 1000}
+# The files an image folder is read from; ImageFolder would also take .webp, .bmp, ..., but the
+# counts below must see exactly the files that are loaded.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 _announced: set[str] = set()
 
@@ -86,12 +94,19 @@ def _check_image_folder(root: Path, hint: str) -> None:
             parts += [f"unexpected {', '.join(extra)}"] if extra else []
             raise DataSourceError(f"{root / split} ({hint}) must hold exactly one folder per CIFAR-10 class "
                                   f"({', '.join(CLASSES)}): {'; '.join(parts)}")
+        counts = {}
         for name in CLASSES:
-            first = next((p for p in sorted((root / split / name).iterdir())
-                          if p.suffix.lower() in (".png", ".jpg", ".jpeg")), None)
-            if first is None:
-                raise DataSourceError(f"{root / split / name} ({hint}) holds no .png or .jpg images: "
-                                      f"the copy is incomplete")
+            folder = root / split / name
+            files = [entry.name for entry in os.scandir(folder) if entry.is_file()]
+            images = sorted(name for name in files if _is_image_file(name))
+            if not images:
+                others = sorted({Path(name).suffix.lower() or name for name in files})
+                found = f"it holds only {', '.join(others)} files" if others else "it holds no files"
+                raise DataSourceError(f"{folder} ({hint}) holds no .png, .jpg or .jpeg images ({found}): "
+                                      f"only those files are read. Copy CIFAR-10's images there again, "
+                                      f"as PNG or JPEG files")
+            counts[name] = len(images)
+            first = folder / images[0]
             try:
                 with Image.open(first) as image:
                     size = image.size
@@ -100,6 +115,32 @@ def _check_image_folder(root: Path, hint: str) -> None:
             if size != (32, 32):
                 raise DataSourceError(f"{first} ({hint}) is {size[0]}x{size[1]} pixels; CIFAR-10 images are "
                                       f"32x32: is this really CIFAR-10?")
+        _check_counts(root / split, counts, IMAGES_PER_CLASS[split], hint)
+
+
+def _is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _check_counts(folder: Path, counts: dict[str, int], expected: int, hint: str) -> None:
+    """Refuse a split whose class folders do not all hold ``expected`` images (in quick mode: the same number).
+
+    Files are counted by listing the folders, without opening them: a copy cut short shows as
+    folders with fewer images than CIFAR-10 has.
+    """
+    redo = ("copy the folder again in full (or unpack the archive again) and check that the copy "
+            "ended without errors")
+    if runtime.quick_mode():
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"{name} {count}" for name, count in counts.items())
+            raise DataSourceError(f"the class folders of {folder} ({hint}) hold different numbers of images "
+                                  f"({listed}); CIFAR-10's classes are all the same size, so the copy is "
+                                  f"incomplete: {redo}")
+        return
+    for name, count in counts.items():
+        if count != expected:
+            raise DataSourceError(f"{folder / name} ({hint}) holds {count:,} images, but every class folder of "
+                                  f"CIFAR-10's {folder.name}/ split holds {expected:,}: {redo}")
 
 
 def _image_folder_splits(root: Path, hint: str) -> tuple[Dataset, Dataset]:
@@ -107,7 +148,8 @@ def _image_folder_splits(root: Path, hint: str) -> tuple[Dataset, Dataset]:
 
     _check_image_folder(root, hint)
     # ImageFolder numbers the classes in sorted order, which is CIFAR-10's own order.
-    splits = tuple(ImageFolder(str(root / split), loader=_load_rgb) for split in ("train", "test"))
+    splits = tuple(ImageFolder(str(root / split), loader=_load_rgb, is_valid_file=_is_image_file)
+                   for split in ("train", "test"))
     for split in splits:
         assert tuple(split.classes) == CLASSES, split.classes
     return splits
@@ -296,8 +338,9 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, num_workers
     """A ``DataLoader`` with the course's defaults.
 
     ``num_workers`` defaults to ``default_num_workers()`` and is capped at the usable cores;
-    ``pin_memory`` is on only for a CUDA ``device`` (page-locked host memory makes the copy to
-    the GPU faster and lets it overlap with computation; elsewhere it would only warn). No
+    ``pin_memory`` is on only for a CUDA ``device`` (from page-locked host memory the copy to the
+    GPU is faster, and ``.to(device, non_blocking=True)`` returns before it is done, so the CPU
+    goes on queuing work instead of waiting; elsewhere pinning would only warn). No
     generator is given to the loader: shuffling draws from PyTorch's global generator, whose
     state ``helpers.training`` checkpoints, so that a resumed run shuffles as an uninterrupted one.
     """
@@ -357,24 +400,22 @@ class CIFAR10Loaders:
 
 def cifar10_loaders(batch_size: int = 64, *, validation_size: int | None = None, seed: int = 0,
                     num_workers: int | None = None, device: torch.device | str | None = None,
-                    augment: Sequence[Callable] = (), image_folder: str | Path | None = None,
-                    mean_std: tuple[torch.Tensor, torch.Tensor] | None = None) -> CIFAR10Loaders:
+                    augment: Sequence[Callable] = (),
+                    image_folder: str | Path | None = None) -> CIFAR10Loaders:
     """Load CIFAR-10 (``load_cifar10``), hold out a validation split, normalise, and batch.
 
     ``validation_size`` defaults to 5000 images (500 in quick mode), held out of the training
     split with ``seed``. The per-channel mean and std are computed on the remaining training
-    images only (or taken from ``mean_std``), so nothing about the validation or test images
-    leaks into training. ``augment`` transforms apply to training images only. The training
-    loader shuffles; validation and test loaders keep their order.
+    images only, so nothing about the validation or test images leaks into training.
+    ``augment`` transforms apply to the training images only, to the PIL image before it is
+    normalised (so the padding of ``v2.RandomCrop`` is black). The training loader shuffles;
+    validation and test loaders keep their order.
     """
     data = load_cifar10(image_folder)
     if validation_size is None:
         validation_size = runtime.pick(5000, 500)
     train_part, validation_part = split_train_validation(data.train, validation_size, seed)
-    if mean_std is None:
-        mean, std = channel_mean_std(WithTransform(train_part, to_tensor_transform()), num_workers=num_workers)
-    else:
-        mean, std = (torch.as_tensor(t, dtype=torch.float32) for t in mean_std)
+    mean, std = channel_mean_std(WithTransform(train_part, to_tensor_transform()), num_workers=num_workers)
     plain = normalising_transform(mean, std)
     return CIFAR10Loaders(
         train=make_loader(WithTransform(train_part, normalising_transform(mean, std, augment)), batch_size,

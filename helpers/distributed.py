@@ -31,6 +31,7 @@ from helpers.runtime import seed_everything
 from helpers.training import SmallCNN, save_checkpoint, train_one_epoch
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+STAND_IN_IMAGES = 1024  # the stand-in's default size: enough to show the mechanics in seconds
 
 
 @dataclass
@@ -120,21 +121,27 @@ def cifar10_tensors(limit: int | None = None) -> TensorDataset:
     return _normalised_tensors(load_cifar10(announce=False).train, limit)
 
 
-def training_data(config: "TrainConfig", context: DistributedContext) -> TensorDataset:
-    """The training examples, the same on every rank (each rank loads them itself).
+def training_data(config: "TrainConfig",
+                  context: DistributedContext) -> TensorDataset:
+    """The training examples, the same on every rank (each loads them).
 
-    CIFAR-10 may have to be downloaded: rank 0 does that while the others wait at a barrier,
-    so that no two processes write the same files.
+    CIFAR-10 may have to be downloaded, once per machine: local rank 0 of
+    each machine does that while every other process waits at a barrier of
+    the whole group, so that no two processes of a machine write the same
+    files. (With one folder shared by all the machines, only global rank 0
+    should download.)
     """
     if config.data == "standin":
-        return stand_in_tensors(config.num_images, config.seed)
+        return stand_in_tensors(config.image_count, config.seed)
     if config.data != "cifar10":
-        raise ValueError(f"data must be 'standin' or 'cifar10', got {config.data!r}")
-    if not context.is_main:
-        dist.barrier()  # wait for rank 0 to have the files
-    dataset = cifar10_tensors(config.num_images)
-    if context.is_main:
-        dist.barrier()  # let the others read them
+        raise ValueError(f"data must be 'standin' or 'cifar10', "
+                         f"got {config.data!r}")
+    downloads = context.local_rank == 0  # one process per machine
+    if not downloads:
+        dist.barrier()  # until every machine's local rank 0 has the files
+    dataset = cifar10_tensors(config.image_count)
+    if downloads:
+        dist.barrier()  # then let the others read them
     return dataset
 
 
@@ -166,10 +173,17 @@ class TrainConfig:
     momentum: float = 0.9
     seed: int = 0
     data: str = "standin"  # "standin" or "cifar10"
-    num_images: int = 1024
+    num_images: int | None = None  # None: 1024 stand-in images, or all of CIFAR-10's training set
     checkpoint: str | None = None  # rank 0 saves here after every epoch
     save_weights: str | None = None  # rank 0 saves the final state_dict here
     device: str = "auto"
+
+    @property
+    def image_count(self) -> int | None:
+        """How many training images to use; None means all of them (CIFAR-10)."""
+        if self.num_images is not None:
+            return self.num_images
+        return STAND_IN_IMAGES if self.data == "standin" else None
 
 
 def train(config: TrainConfig, context: DistributedContext) -> nn.Module:
@@ -228,7 +242,8 @@ def demo_all_reduce(context: DistributedContext) -> None:
 
 def shard_report(config: TrainConfig, context: DistributedContext) -> None:
     """Rank 0 prints which example indices each rank gets in its first batch, for two epochs."""
-    dataset = TensorDataset(torch.arange(config.num_images))
+    # Indices only, no images: for CIFAR-10 without --num-images, the stand-in's count.
+    dataset = TensorDataset(torch.arange(config.image_count or STAND_IN_IMAGES))
     loader = shard_loader(dataset, config.batch_size, context, config.seed)
     seen = {}
     for epoch in range(2):
@@ -254,13 +269,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, TrainConfig]:
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--data", choices=["standin", "cifar10"], default=TrainConfig.data)
     parser.add_argument("--num-images", type=int, default=TrainConfig.num_images,
-                        help="how many training images to use")
+                        help=f"how many training images to use (default: {STAND_IN_IMAGES} of the "
+                             f"stand-in; all 50,000 of CIFAR-10)")
     parser.add_argument("--checkpoint", help="rank 0 saves a checkpoint here after every epoch")
     parser.add_argument("--save-weights", help="rank 0 saves the final state_dict here")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "num_images"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          data=args.data, num_images=args.num_images, checkpoint=args.checkpoint,

@@ -91,6 +91,11 @@ class Value:
         exponent = float(exponent)
         if self.data == 0 and exponent < 0:  # also how x / 0 arrives here, as x * 0 ** -1
             raise ZeroDivisionError(f"division by zero: 0 ** {exponent:g} is not defined")
+        if self.data == 0 and 0 < exponent < 1:  # refused now, not as a crash in backward()
+            raise ValueError(f"0 ** {exponent:g} has no finite derivative: d(x^n)/dx = n x^(n-1) "
+                             f"is infinite at x = 0 for 0 < n < 1, so backward() could not pass "
+                             f"a gradient through it; keep the base away from 0, for instance "
+                             f"(x + 1e-12) ** {exponent:g}")
         result = self.data ** exponent
         if isinstance(result, complex):
             raise ValueError(f"({self.data}) ** {exponent} is not a real number: a negative base "

@@ -7,7 +7,8 @@ Introduced in the preface ("How the exercises work"); every chapter registers it
 runs the learner's function on a few inputs and prints one verdict: it passed, or on which input
 what was expected and what the answer gave. An answer that raises, returns the wrong type or shape,
 or NaN is reported as such. An answer that raises ``NotImplementedError`` (the starter code of a
-student edition) is "not done yet" and gets the exercise's hint.
+student edition) is "not done yet" and gets the exercise's hint. An error raised by the check's own
+code, not the answer's, is a "check error": a bug of the course, which the learner is asked to report.
 
 When the environment variable ``COURSE_GRADING_LOG`` names a file, every verdict is also appended
 to it as one JSON line, which is how the grading command reads a student's results.
@@ -18,14 +19,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import sysconfig
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 GRADING_LOG_ENV = "COURSE_GRADING_LOG"
 PASSED, FAILED, NOT_DONE = "passed", "failed", "not done"
+CHECK_ERROR = "check error"  # the check itself crashed: the course's bug, not the learner's
 
 
 @dataclass
@@ -65,7 +69,7 @@ class Verdict:
     message: str
 
     def __str__(self) -> str:
-        mark = {PASSED: "✅", FAILED: "❌", NOT_DONE: "⏳"}[self.status]
+        mark = {PASSED: "✅", FAILED: "❌", NOT_DONE: "⏳", CHECK_ERROR: "⚠️"}[self.status]
         return f"{mark} {self.exercise}: {self.message}"
 
 
@@ -150,6 +154,34 @@ def _where_it_raised(error: BaseException) -> str:
 
 class _AnswerFailed(Exception):
     """The learner's answer raised on one input; the message names the input and the error."""
+
+
+_COURSE_AND_LIBRARIES = [Path(__file__).resolve().parent, Path(sysconfig.get_paths()["stdlib"]).resolve()]
+
+
+def _in_course_or_library(filename: str) -> bool:
+    """Whether ``filename`` is code of the course's helpers, of Python or of an installed package."""
+    if filename.startswith("<frozen "):  # Python's own modules, frozen into the interpreter
+        return True
+    path = Path(filename).resolve()
+    return (any(path.is_relative_to(folder) for folder in _COURSE_AND_LIBRARIES)
+            or "site-packages" in path.parts or "dist-packages" in path.parts)
+
+
+def _raised_in_answer(error: BaseException) -> bool:
+    """Whether ``error`` passed through the learner's code on its way up: a frame of its traceback
+    is in a file that is neither the course's helpers nor Python's or an installed package's (a
+    notebook's cell, a learner's own module). The checks are the course's code."""
+    return not all(_in_course_or_library(frame.filename)
+                   for frame in traceback.extract_tb(error.__traceback__))
+
+
+def _check_error_message(error: BaseException) -> str:
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})" if frames else ""
+    return (f"the check itself failed, not your answer: {type(error).__name__}: {error}{where}. "
+            f"This is a bug in the course: please report it, with this message, to your instructor "
+            f"or as an issue on the course's repository.")
 
 
 def call_answer(answer: Callable, label: str, *args, **kwargs):
@@ -265,9 +297,12 @@ def judge_answer(name: str, answer: Callable) -> Verdict:
             verdict = Verdict(name, NOT_DONE, f"not done yet. Hint: {exercise.hint}")
         except _AnswerFailed as failure:
             verdict = Verdict(name, FAILED, str(failure))
-        except Exception as error:  # a judge that runs the answer may see it raise
-            verdict = Verdict(name, FAILED, f"the answer raised {type(error).__name__}: {error}"
-                              f"{_where_it_raised(error)}")
+        except Exception as error:
+            if _raised_in_answer(error):  # a judge that runs the answer saw it raise
+                verdict = Verdict(name, FAILED, f"the answer raised {type(error).__name__}: {error}"
+                                  f"{_where_it_raised(error)}")
+            else:  # the check's own code failed: never blame the learner for it
+                verdict = Verdict(name, CHECK_ERROR, _check_error_message(error))
     return verdict
 
 
@@ -279,16 +314,18 @@ def judge_answer(name: str, answer: Callable) -> Verdict:
 
 
 def _graph_cases() -> list[Case]:
-    torch.manual_seed(0)
-    a = torch.randn(3, requires_grad=True)
-    b = torch.randn(3, requires_grad=True)
-    w = torch.randn(3, 3, requires_grad=True)
+    generator = torch.Generator().manual_seed(0)  # the learner's global random state is left alone
+    a = torch.randn(3, generator=generator).requires_grad_()
+    b = torch.randn(3, generator=generator).requires_grad_()
+    w = torch.randn(3, 3, generator=generator).requires_grad_()
     return [
         Case((a * 2,), "a * 2"),
         Case((a * b + a,), "a * b + a  (a is used twice)"),
         Case(((w @ a).relu().sum(),), "(w @ a).relu().sum()"),
         Case(((a.exp() + b.sin()) * (a - b),), "(a.exp() + b.sin()) * (a - b)"),
-        Case((torch.randn(3),), "a tensor with no graph (grad_fn is None)"),
+        Case((torch.randn(3, generator=generator),), "a tensor with no graph (grad_fn is None)"),
+        Case((torch.randn((), generator=generator).requires_grad_(),),
+             "a leaf that requires a gradient, itself the output (grad_fn is None)"),
     ]
 
 
@@ -304,8 +341,8 @@ register(Exercise(
     title="Count the nodes of a graph",
     practises="walking grad_fn.next_functions; shared sub-expressions",
     minutes=10,
-    hint="start from t.grad_fn, follow fn.next_functions (skip None entries) and keep a set of "
-         "the nodes already seen, so that a node reached twice is counted once.",
+    hint="walk the graph as the chapter's `walk` does (section \"Walking the graph\"), but count "
+         "each node once: in \"Drawing it\" a node is reached along two paths.",
     cases=_graph_cases,
     expected=_count_graph_nodes,
 ))
@@ -314,6 +351,8 @@ register(Exercise(
 def _leaves_requiring_grad(t: torch.Tensor) -> int:
     from helpers.graphs import backward_graph
 
+    if t.grad_fn is None:  # t is a leaf itself: backward() writes its own .grad, if it has one
+        return int(t.requires_grad)
     nodes, _ = backward_graph(t)
     return sum(1 for node in nodes if hasattr(node, "variable"))
 
@@ -323,8 +362,8 @@ register(Exercise(
     title="Count the leaves that will receive a gradient",
     practises="leaf tensors and AccumulateGrad nodes",
     minutes=5,
-    hint="the leaves are the AccumulateGrad nodes of the graph: they have a `.variable` attribute "
-         "holding the leaf tensor. Reuse your walk from the previous exercise.",
+    hint="the leaves are the AccumulateGrad nodes of the graph (section \"Walking the graph\"); "
+         "reuse your walk from the previous exercise. Mind a t that is a leaf itself.",
     cases=_graph_cases,
     expected=_leaves_requiring_grad,
 ))
@@ -343,15 +382,15 @@ def _losses_same(got: Any, other: Any) -> bool:
 
 def _losses_gives(wrong: Callable) -> Callable:
     """A predicate: the answer's result equals what the mistaken formula ``wrong`` gives."""
-    def predicate(got, want, *args):
+    def predicate(got, want, *args, **kwargs):
         try:
-            return _losses_same(got, wrong(*args))
+            return _losses_same(got, wrong(*args, **kwargs))
         except Exception:  # the mistaken formula does not apply to these inputs
             return False
     return predicate
 
 
-def _losses_not_finite(got, want, *args) -> bool:
+def _losses_not_finite(got, want, *args, **kwargs) -> bool:
     return (isinstance(got, torch.Tensor) and not torch.isfinite(got).all().item()
             and torch.isfinite(want).all().item())
 
@@ -378,11 +417,14 @@ register(Exercise(
     title="Write the mean squared error",
     practises="turning an equation into tensor code; mean versus sum",
     minutes=5,
-    hint="subtract, square each difference, then average over every element: "
-         "((prediction - target) ** 2).mean().",
+    hint="the equation of the section \"Mean squared error\": N counts every element of the "
+         "tensors, not only their rows (see Tensor.mean and Tensor.numel).",
     judge=_losses_judge(_losses_mse_cases, lambda p, t: torch.nn.functional.mse_loss(p, t), [
         (lambda got, want, p, t: isinstance(got, torch.Tensor) and got.dim() > 0,
          "The loss is one number: average over every element, .mean() with no dim."),
+        (_losses_gives(lambda p, t: ((p - t) ** 2).sum() / len(p)),
+         "That divides by len(prediction), the number of rows, which is right only for a 1-D "
+         "prediction such as the chapter's: divide by the number of elements, or use .mean()."),
         (_losses_gives(lambda p, t: ((p - t) ** 2).sum()),
          "That is the sum of the squared errors: divide by the number of elements, or use .mean()."),
         (_losses_gives(lambda p, t: ((p - t) ** 2).mean().sqrt()),
@@ -416,10 +458,11 @@ def _losses_capped(got, want, logits, targets) -> bool:
 
 
 def _losses_bce_gradient(answer: Callable) -> str | None:
-    """Once the values are right: is the gradient (sigmoid(z) - y) / N, finite at large logits?"""
-    logits = torch.tensor([-200.0, -3.0, 0.5, 200.0], requires_grad=True)
-    targets = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    loss = call_answer(answer, "logits [-200.0, -3.0, 0.5, 200.0] that require a gradient", logits, targets)
+    """Once the values are right: is the gradient (sigmoid(z) - y) / N, finite at large logits
+    and right at z = 0 exactly, where clamp, max and abs have a kink?"""
+    values, labels = [-200.0, -3.0, 0.0, 0.0, 0.5, 200.0], [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    logits, targets = torch.tensor(values, requires_grad=True), torch.tensor(labels)
+    loss = call_answer(answer, f"logits {values} that require a gradient", logits, targets)
     if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
         return ("the values are right, but the result is not connected to the logits' graph "
                 "(was .item(), .detach() or a new torch.tensor(...) used?), so no gradient "
@@ -433,9 +476,16 @@ def _losses_bce_gradient(answer: Callable) -> str | None:
             advice = (": torch.where(condition, a, b) sends the gradient through both branches, "
                       "so an inf or NaN in the branch it did not pick still poisons the result; "
                       "use one formula that is finite for every logit")
-        return (f"the values are right, but on logits [-200.0, -3.0, 0.5, 200.0] and targets "
-                f"[1.0, 0.0, 1.0, 0.0] the gradient with respect to the logits is {got}, not "
-                f"(sigmoid(z) - y) / N = {[round(g, 4) for g in want.tolist()]}{advice}")
+        elif logits.grad is not None:
+            nonzero = logits.detach() != 0
+            if torch.allclose(logits.grad[nonzero], want[nonzero], atol=1e-6, rtol=1e-5):
+                advice = (": the gradient is wrong only at z = 0 exactly, where clamp, max and "
+                          "abs have a kink and autograd takes a slope of 0 or 1 for it; choose "
+                          "a branch's input with torch.where instead, or use the chapter's "
+                          "log-sum-exp form, whose shift m is a constant")
+        return (f"the values are right, but on logits {values} and targets {labels} the gradient "
+                f"with respect to the logits is {got}, not (sigmoid(z) - y) / N = "
+                f"{[round(g, 4) for g in want.tolist()]}{advice}")
     return None
 
 
@@ -444,8 +494,9 @@ register(Exercise(
     title="Find why a hand-written BCE returns NaN, and fix it",
     practises="float32 limits of sigmoid and log; the log-sum-exp form of BCE on logits",
     minutes=15,
-    hint="never form sigmoid(z): the loss is (1 - y) * z + log(1 + exp(-z)), and "
-         "log(1 + exp(-z)) = m + log(exp(-m) + exp(-z - m)) with m = max(0, -z).",
+    hint="the backward pass of torch.where reaches both branches, at every element: make sure "
+         "neither branch can overflow where it is not used, and check your gradient at z = 0 "
+         "too (the chapter's section \"The log-sum-exp form\" ends with why).",
     judge=_losses_judge(
         _losses_bce_cases, lambda z, y: torch.nn.functional.binary_cross_entropy_with_logits(z, y), [
             (_losses_not_finite,
@@ -472,6 +523,9 @@ def _losses_log_softmax_cases() -> list[Case]:
         Case((torch.tensor([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]]),), "logits [[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]]"),
         Case((torch.tensor([[1000.0, 0.0, -1000.0]]),), "the large logits [[1000.0, 0.0, -1000.0]]"),
         Case((50 * torch.randn(5, 4, generator=gen),), "a batch of shape (5, 4) with logits of size up to about 100"),
+        # The last dimension is dim=1 only for 2-D logits: these two tell dim=-1 from dim=1.
+        Case((10 * torch.randn(2, 3, 4, generator=gen),), "logits of shape (2, 3, 4)"),
+        Case((torch.tensor([2.0, -1.0, 1000.0]),), "the 1-D logits [2.0, -1.0, 1000.0] of one example"),
     ]
 
 
@@ -480,8 +534,8 @@ register(Exercise(
     title="Write a log-softmax that does not overflow",
     practises="the max-subtraction trick; reducing along the right dimension",
     minutes=10,
-    hint="m = logits.amax(dim=-1, keepdim=True); return (logits - m) minus the log of the sum of "
-         "exp(logits - m) along dim=-1 (keepdim=True, so that it broadcasts over the row).",
+    hint="the maximum-subtraction of the section \"Many classes: softmax and log-softmax\", "
+         "done along the last dimension for any number of dimensions (dim=-1, keepdim=True).",
     judge=_losses_judge(_losses_log_softmax_cases, lambda z: torch.log_softmax(z, dim=-1), [
         (_losses_not_finite,
          "In float32 exp(z) overflows to inf once z passes about 88.7 (and inf / inf is NaN), "
@@ -491,6 +545,9 @@ register(Exercise(
         (_losses_gives(lambda z: torch.log_softmax(z, dim=0)),
          "That normalises down the columns (dim=0): each row holds one example's logits, so sum "
          "along the last dimension, dim=-1."),
+        (_losses_gives(lambda z: torch.log_softmax(z, dim=1)),
+         "That normalises along dim=1, which is the last dimension only for 2-D logits (as in "
+         "the chapter's log_softmax_rows): use dim=-1, so that any shape works."),
         (_losses_gives(lambda z: z - torch.logsumexp(z.flatten(), dim=0)),
          "That normalises over the whole batch at once: sum along the last dimension only, "
          "with keepdim=True."),
@@ -502,13 +559,18 @@ register(Exercise(
 
 def _losses_ce_cases() -> list[Case]:
     gen = torch.Generator().manual_seed(2)
+    garbage = torch.tensor([[0.5, 2.0, -1.0], [float("inf"), 0.0, 0.0], [1.0, 1.0, 3.0]])
     return [
         Case((torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]]), torch.tensor([0, 2])),
              "logits [[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]] and targets [0, 2]"),
-        Case((torch.randn(5, 4, generator=gen), torch.tensor([3, 0, 1, 1, 2])),
-             "a batch of 5 examples and 4 classes"),
         Case((torch.tensor([[1000.0, 0.0, -1000.0], [0.0, 1000.0, -1000.0]]), torch.tensor([2, 1])),
              "the large logits [[1000.0, 0.0, -1000.0], [0.0, 1000.0, -1000.0]] and targets [2, 1]"),
+        Case((torch.randn(5, 4, generator=gen), torch.tensor([3, -100, 1, -100, 2])),
+             "a batch of 5 examples and 4 classes with targets [3, -100, 1, -100, 2] (two padding)"),
+        Case((torch.randn(4, 3, generator=gen), torch.tensor([0, 2, 0, 1])),
+             "targets [0, 2, 0, 1] and ignore_index=0", dict(ignore_index=0)),
+        Case((garbage, torch.tensor([1, -100, 2])),
+             "targets [1, -100, 2] where the padding example's logits are [inf, 0.0, 0.0]"),
     ]
 
 
@@ -516,14 +578,39 @@ def _losses_rows(log_p: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return log_p[torch.arange(len(targets)), targets]
 
 
+def _losses_ce_over_n(z, y, ignore_index=-100):
+    """The mistake: the kept examples' losses summed, but divided by every example."""
+    kept = y != ignore_index
+    return -_losses_rows(torch.log_softmax(z[kept], -1), y[kept]).sum() / len(y)
+
+
+def _losses_padding_not_finite(got, want, z, y, ignore_index=-100) -> bool:
+    left_out = y == ignore_index
+    return (_losses_not_finite(got, want) and left_out.any().item()
+            and not torch.isfinite(z[left_out]).all().item())
+
+
 register(Exercise(
     name="losses.cross_entropy",
-    title="Write cross-entropy from log-softmax",
-    practises="picking one log-probability per row; the batch mean",
-    minutes=10,
-    hint="log_p = log_softmax(logits); take log_p[torch.arange(N), targets], one entry per row, "
-         "and return minus its mean.",
-    judge=_losses_judge(_losses_ce_cases, lambda z, y: torch.nn.functional.cross_entropy(z, y), [
+    title="Write cross-entropy that leaves out padding",
+    practises="picking one log-probability per row; leaving examples out of the mean "
+              "(ignore_index)",
+    minutes=15,
+    hint="combine the sections \"Cross-entropy\" (one log-probability per row) and \"Reductions "
+         "and the gradient's scale\" (leaving examples out of the mean); a target of -100 cannot "
+         "pick a log-probability.",
+    judge=_losses_judge(_losses_ce_cases, lambda z, y, ignore_index=-100: (
+        torch.nn.functional.cross_entropy(z, y, ignore_index=ignore_index)), [
+        (_losses_padding_not_finite,
+         "A left-out example's loss is inf or NaN here, and multiplying it by a mask of 0 still "
+         "gives NaN (0 × inf): leave the examples out by indexing, before computing their "
+         "log-probabilities."),
+        (_losses_gives(_losses_ce_over_n),
+         "That divides by all N examples, padding included: the mean is over the examples kept, "
+         "so divide by their number."),
+        (_losses_gives(lambda z, y, ignore_index=-100: torch.nn.functional.cross_entropy(z, y)),
+         "The examples whose target equals ignore_index (here not -100) must be left out: "
+         "compare the targets with the argument ignore_index."),
         (_losses_not_finite,
          "log(softmax(z)) overflows for large logits (exp(1000) is inf): take the "
          "log-probabilities from your log_softmax, which subtracts the maximum first."),
@@ -547,11 +634,13 @@ register(Exercise(
 # --- Chapter: Optimizers: from gradient descent to AdamW (book/optimizers.ipynb) ---
 
 
-def _torch_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+def _torch_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                     weight_decay=0.0):
     """Adam's update number `step` by torch.optim.Adam itself, from the given averages."""
     p = param.detach().clone()
     p.grad = grad.detach().clone()
-    optimizer = torch.optim.Adam([p], lr=lr, betas=betas, eps=eps, foreach=False)
+    optimizer = torch.optim.Adam([p], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                 foreach=False)
     optimizer.state[p] = {"step": torch.tensor(float(step - 1)), "exp_avg": exp_avg.clone(),
                           "exp_avg_sq": exp_avg_sq.clone()}
     optimizer.step()
@@ -559,10 +648,16 @@ def _torch_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9
     return p, state["exp_avg"], state["exp_avg_sq"]
 
 
-def _adam_variant(bias_correct_m=True, bias_correct_v=True, eps_inside_sqrt=False):
+def _adam_variant(bias_correct_m=True, bias_correct_v=True, eps_inside_sqrt=False,
+                  decoupled_decay=False):
     """Adam written with one of the usual slips, to recognise it in an answer."""
-    def step_(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    def step_(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+              weight_decay=0.0):
         beta1, beta2 = betas
+        if decoupled_decay:  # AdamW's decay, where torch.optim.Adam adds an L2 penalty
+            param = param * (1 - lr * weight_decay)
+        else:
+            grad = grad + weight_decay * param
         m = beta1 * exp_avg + (1 - beta1) * grad
         v = beta2 * exp_avg_sq + (1 - beta2) * grad**2
         m_hat = m / (1 - beta1**step) if bias_correct_m else m
@@ -585,6 +680,8 @@ def _adam_cases() -> list[Case]:
              dict(lr=0.1, betas=(0.5, 0.9))),
         Case((param, torch.tensor([0.0, 1e-9, -1e-9, 2.0], dtype=torch.float64), zeros, zeros, 1),
              "a gradient with zero and tiny entries, eps=1e-6", dict(eps=1e-6)),
+        Case((param, grad, exp_avg, exp_avg_sq, 3), "step=3, lr=0.1, weight_decay=0.5",
+             dict(lr=0.1, weight_decay=0.5)),
     ]
 
 
@@ -598,6 +695,9 @@ _ADAM_SLIPS = [
      "The update forgets the bias correction of v: divide v by 1 - beta2**step."),
     (_adam_variant(eps_inside_sqrt=True),
      "eps is inside the square root: the denominator is sqrt(v_hat) + eps."),
+    (_adam_variant(decoupled_decay=True),
+     "That is AdamW's decoupled decay: torch.optim.Adam's weight_decay is an L2 penalty, "
+     "added to the gradient (grad + weight_decay * param) before the averages."),
 ]
 
 
@@ -619,11 +719,12 @@ def _optimizer_judge(cases: Callable[[], list[Case]], step: Callable, slips, ato
 register(Exercise(
     name="optimizers.adam_step",
     title="One step of Adam, with bias correction",
-    practises="Adam's averages, bias correction and update, against torch.optim.Adam",
+    practises="Adam's averages, bias correction and update from a saved state; its L2 weight "
+              "decay; against torch.optim.Adam",
     minutes=15,
-    hint="update m and v with the new gradient first, then divide m by 1 - beta1**step and v by "
-         "1 - beta2**step, then step by lr * m_hat / (sqrt(v_hat) + eps). Return the new "
-         "(param, m, v).",
+    hint="one pass of the loop of adam_by_hand (section \"Adam, with bias correction\"), from the "
+         "averages given; torch.optim.Adam's weight_decay is the L2 penalty of the section on "
+         "weight decay, not AdamW's decay.",
     judge=_optimizer_judge(_adam_cases, _torch_adam_step, _ADAM_SLIPS),
 ))
 
@@ -685,9 +786,9 @@ register(Exercise(
     title="One step of SGD with momentum, PyTorch's form",
     practises="the momentum buffer, dampening and Nesterov, against torch.optim.SGD",
     minutes=10,
-    hint="if buffer is None, the new buffer is the gradient itself; otherwise it is momentum * "
-         "buffer + (1 - dampening) * grad. The step is lr times the buffer, or lr * (grad + "
-         "momentum * buffer) with nesterov=True. Return (new_param, new_buffer).",
+    hint="PyTorch's form of the section \"Momentum: PyTorch's form and the textbook form\" (its "
+         "first step and dampening are described at the end of that section), and PyTorch's "
+         "form of \"Nesterov momentum\".",
     judge=_optimizer_judge(_momentum_cases, _torch_momentum_step, _MOMENTUM_SLIPS),
 ))
 
@@ -729,8 +830,9 @@ register(Exercise(
     title="Pick a learning rate that converges on the quadratic",
     practises="the stability limit lr < 2 / (largest curvature) and the speed set by the smallest",
     minutes=15,
-    hint="one step of gradient descent multiplies x by 1 - lr * a and y by 1 - lr * b. Both factors "
-         "must be smaller than 1 in size, and the larger of the two decides the speed.",
+    hint="the section \"Gradient descent, as the article writes it\": a step multiplies each "
+         "coordinate's distance to the minimum by its own factor. Find the rates for which both "
+         "factors are below 1 in size, and see which of the two sets the speed.",
     judge=_judge_learning_rate,
 ))
 
@@ -788,12 +890,13 @@ def _data_stats_mistake(got: Any, want: Any, images: torch.Tensor) -> str:
 
 
 register(Exercise(
-    name="data.channel_mean_std",
-    title="Per-channel mean and standard deviation",
+    name="data.tensor_mean_std",
+    title="Per-channel mean and standard deviation of a tensor of images",
     practises="reducing over the right dimensions; the statistics used to normalise images",
     minutes=10,
-    hint="scale to [0, 1] with images.float() / 255, then reduce over dim=(0, 2, 3) (images, height, "
-         "width), keeping the channel dimension; torch.std_mean(..., correction=0) gives both.",
+    hint="the section \"Mean and standard deviation per channel\" gives the formula, over which pixels it "
+         "runs, and which standard deviation it takes; the section on transforms says how uint8 values "
+         "become [0, 1]. torch.std_mean can compute both at once.",
     judge=judge_cases(_data_stats_cases, _data_true_stats, _data_stats_mistake, atol=1e-5, rtol=1e-4),
 ))
 
@@ -819,8 +922,8 @@ register(Exercise(
     title="How many batches in an epoch",
     practises="what batch_size and drop_last do to an epoch",
     minutes=5,
-    hint="without drop_last the last, smaller batch counts too: ceil(N / B), which is "
-         "(N + B - 1) // B in integers; with drop_last it is left out: N // B.",
+    hint="the section \"Batching: the DataLoader stacks examples\" counts the batches of an epoch: what "
+         "happens to the examples left over after the last full batch, with and without drop_last?",
     cases=_data_batches_cases,
     expected=_data_loader_length,
 ))
@@ -832,28 +935,44 @@ register(Exercise(
 def _training_conv_cases() -> list[Case]:
     return [
         Case((32, 5), "size 32, kernel 5 (the first layer of the chapter's CNN)"),
-        Case((14, 5), "size 14, kernel 5"),
         Case((32, 3), "size 32, kernel 3, padding 1", {"padding": 1}),
-        Case((32, 3), "size 32, kernel 3, stride 2, padding 1", {"stride": 2, "padding": 1}),
         Case((7, 2), "size 7, kernel 2, stride 2 (as a 2x2 max-pooling)", {"stride": 2}),
+        Case((32, 3), "size 32, kernel 3, dilation 2", {"dilation": 2}),
+        Case((32, 3), "size 32, kernel 3, padding 2, dilation 2", {"padding": 2, "dilation": 2}),
+        Case((28, 5), "size 28, kernel 5, stride 2, dilation 3", {"stride": 2, "dilation": 3}),
+        Case((9, 3), "size 9, kernel 3, dilation 4 (the kernel covers the whole input)", {"dilation": 4}),
     ]
 
 
-def _training_conv_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0) -> int:
-    conv = torch.nn.Conv2d(1, 1, kernel_size, stride=stride, padding=padding)
+def _training_conv_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    conv = torch.nn.Conv2d(1, 1, kernel_size, stride=stride, padding=padding, dilation=dilation)
     with torch.no_grad():
         return conv(torch.zeros(1, 1, size, size)).shape[-1]
 
 
+def _training_conv_mistake(got: Any, want: int, size: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                           dilation: int = 1) -> str:
+    """Name the usual mistake behind a wrong output size of a dilated convolution, or return ''."""
+    if dilation == 1:
+        return ""
+    if got == (size + 2 * padding - kernel_size) // stride + 1:
+        return ("That is the size without dilation: spread out, the kernel covers more pixels than "
+                "kernel_size, so it fits at fewer positions")
+    if got == (size + 2 * padding - dilation * kernel_size) // stride + 1:
+        return (f"That takes the kernel to cover dilation * kernel_size pixels; its {kernel_size} taps, "
+                f"{dilation} pixels apart, have {kernel_size - 1} gaps between them, not {kernel_size}")
+    return ""
+
+
 register(Exercise(
     name="training.conv_output_size",
-    title="The size of a convolution's output",
-    practises="tracking tensor shapes through convolution and pooling layers",
-    minutes=5,
-    hint="a kernel of size k fits at (size + 2 * padding - k) positions after the first, one every "
-         "stride pixels: (size + 2 * padding - k) // stride + 1.",
-    cases=_training_conv_cases,
-    expected=_training_conv_size,
+    title="The size of a dilated convolution's output",
+    practises="tracking tensor shapes through convolution and pooling layers; what dilation does",
+    minutes=10,
+    hint="start from the formula of the section \"Following the shapes\": dilation changes only how many "
+         "pixels the kernel covers from its first weight to its last. Draw a 3-wide kernel with dilation 2 "
+         "on paper; the shape formula in the documentation of torch.nn.Conv2d confirms your answer.",
+    judge=judge_cases(_training_conv_cases, _training_conv_size, _training_conv_mistake),
 ))
 
 
@@ -909,8 +1028,8 @@ register(Exercise(
     title="The mean loss over a loader",
     practises="evaluation mode, torch.no_grad, and averaging over samples rather than batches",
     minutes=10,
-    hint="model.eval(); under torch.no_grad(), add loss_fn(model(x), y).item() * len(y) for every "
-         "batch and divide by the number of samples; then model.train().",
+    hint="the section \"What the loop leaves out\" names the two switches an evaluation needs, and the "
+         "section after it explains why a batch's mean loss must count as many times as it has samples.",
     judge=_training_judge_mean_loss,
 ))
 
@@ -946,7 +1065,7 @@ def _judge_sigmoid_op(answer: Callable) -> str | None:
                     f"{s * (1 - s):.4g}{hint}")
 
     v = Value(1.0)  # the closure must scale by the gradient it is given, here 3
-    (answer(v) * 3).backward()
+    (call_answer(answer, "v = Value(1), in sigmoid(v) * 3", v) * 3).backward()
     s = sigmoid(1.0)
     if not close(v.grad, 3 * s * (1 - s)):
         hint = (": multiply the local derivative by the gradient the closure receives"
@@ -954,7 +1073,7 @@ def _judge_sigmoid_op(answer: Callable) -> str | None:
         return f"on sigmoid(v) * 3, v.grad is {v.grad:.4g} but should be {3 * s * (1 - s):.4g}{hint}"
 
     v = Value(1.5)  # v reaches the output along two paths; the closure must add, not overwrite
-    (answer(v) * v).backward()
+    (call_answer(answer, "v = Value(1.5), in sigmoid(v) * v", v) * v).backward()
     s = sigmoid(1.5)
     right, overwritten = s * (1 - s) * 1.5 + s, s * (1 - s) * 1.5
     if not close(v.grad, right):
@@ -969,8 +1088,9 @@ register(Exercise(
     title="Add an operation to the engine",
     practises="local derivatives; backward closures that accumulate into .grad",
     minutes=15,
-    hint="compute s = 1 / (1 + exp(-v.data)), make out = Value(s, (v,), 'sigmoid'), and set "
-         "out._backward to a function of the incoming gradient that does v.grad += s * (1 - s) * grad.",
+    hint="build it as Value.tanh is built (its source is printed in the section \"A reverse-mode "
+         "engine in a hundred lines\"): one new Value whose parent is v, and a closure that adds "
+         "to v.grad.",
     judge=_judge_sigmoid_op,
 ))
 
@@ -1026,8 +1146,8 @@ register(Exercise(
     title="Find the bug in a training step",
     practises="gradient accumulation; the order zero_grad, forward, backward, step",
     minutes=10,
-    hint="backward() adds to .grad; nothing clears it unless you call optimizer.zero_grad(). "
-         "Clear it before loss.backward(), never between backward() and step().",
+    hint="the section \"Gradients accumulate until you zero them\": what does .grad hold when "
+         "the second step calls backward()?",
     judge=_judge_train_step,
 ))
 
@@ -1057,9 +1177,10 @@ register(Exercise(
     title="Compute a gradient by hand",
     practises="the chain rule on a mean loss; gradient shapes",
     minutes=15,
-    hint="with p = sigmoid(X @ w + b), the derivative of the loss of point i with respect to its "
-         "logit is p_i - t_i; the mean over n points divides by n. dL/dw has the shape of w (d,), "
-         "dL/db the shape of b ().",
+    hint="the chain rule as in the section \"The chain rule, by hand\", one local derivative "
+         "at a time: one point's loss with respect to p_i, p_i with respect to its logit "
+         "z_i = x_i . w + b (sigmoid' = sigmoid (1 - sigmoid)), then z_i with respect to w and b. "
+         "Multiply them out and simplify; mind the mean over n and the shapes of w and b.",
     cases=_logistic_cases,
     expected=_logistic_grad_by_autograd,
     atol=1e-9,
@@ -1070,69 +1191,89 @@ register(Exercise(
 # --- Chapter: Making training fast, measured step by step (book/fast_training.ipynb) ---
 
 
-def _fast_smoothing_cases() -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+def _fast_smoothing_cases() -> list[Case]:
+    """Batches with ignored targets: -100 (PyTorch's default), an ignored class inside [0, K),
+    none ignored, and all ignored (where the mean is over no rows: NaN, as PyTorch gives)."""
     generator = torch.Generator().manual_seed(0)
     cases = []
-    for n, k, smoothing in ((5, 10, 0.2), (3, 4, 0.1), (4, 10, 0.5), (6, 3, 0.0)):
+    for n, k, smoothing, ignore_index, ignored in ((6, 4, 0.1, 2, None), (5, 10, 0.2, -100, [1, 3]),
+                                                   (6, 3, 0.0, -100, [0]), (4, 10, 0.5, -100, []),
+                                                   (3, 5, 0.2, -100, [0, 1, 2])):
         logits = 3 * torch.randn(n, k, generator=generator)
-        cases.append((logits, torch.randint(0, k, (n,), generator=generator), smoothing))
+        targets = torch.randint(0, k, (n,), generator=generator)
+        if ignored is None:  # an ignored class inside [0, K): make sure it occurs, and not only it
+            targets[:2] = torch.tensor([ignore_index, (ignore_index + 1) % k])
+        else:
+            targets[ignored] = ignore_index
+        cases.append(Case((logits, targets, smoothing, ignore_index), f"{n} rows of {k} logits with "
+                          f"smoothing {smoothing}, ignore_index={ignore_index} and targets {targets.tolist()}"))
     return cases
 
 
-def _fast_judge_smoothing(answer: Callable) -> str | None:
+def _fast_true_smoothing(logits, targets, smoothing, ignore_index=-100) -> torch.Tensor:
     import torch.nn.functional as F
 
-    for logits, targets, smoothing in _fast_smoothing_cases():
-        n, k = logits.shape
-        label = f"{n} rows of {k} logits with smoothing {smoothing}"
-        want = F.cross_entropy(logits, targets, label_smoothing=smoothing)
-        got = call_answer(answer, label, logits.clone(), targets.clone(), smoothing)
-        if not isinstance(got, torch.Tensor) or got.numel() != 1:
-            return f"on {label}, expected a tensor holding one number (the mean loss), got {_describe(got)}"
-        got = got.detach().reshape(())
+    return F.cross_entropy(logits, targets, label_smoothing=smoothing, ignore_index=ignore_index)
 
-        def close(value: torch.Tensor) -> bool:
-            return bool(torch.allclose(got.double(), value.double(), rtol=1e-5, atol=1e-6))
 
-        if close(want):
-            continue
-        onehot = F.one_hot(targets, k).float()
-        log_p = F.log_softmax(logits, dim=1)
-        others_only = (1 - smoothing) * onehot + smoothing / (k - 1) * (1 - onehot)
-        if smoothing > 0 and close(-(others_only * log_p).sum(1).mean()):
-            return (f"on {label}, expected {want.item():.6g}, got {got.item():.6g}: that spreads the "
-                    f"smoothing over the {k - 1} wrong classes only. Spread it over all {k} classes, "
-                    f"the right one included: q_k = (1 - smoothing) [k = y] + smoothing / {k}")
-        if close(want * n):
-            return (f"on {label}, expected {want.item():.6g}, got {got.item():.6g}: that is the sum over "
-                    f"the batch; return the mean over its {n} rows")
-        if smoothing > 0 and close(F.cross_entropy(logits, targets)):
-            return (f"on {label}, expected {want.item():.6g}, got {got.item():.6g}: that is the plain "
-                    f"cross-entropy, without smoothing")
-        return f"on {label}, expected {want.item():.6g}, got {got.item():.6g}"
-    return None
+def _fast_smoothing_mistake(got: Any, want: torch.Tensor, logits, targets, smoothing,
+                            ignore_index=-100) -> str:
+    """Name the usual mistake behind a wrong smoothed cross-entropy, or return ''."""
+    import torch.nn.functional as F
+
+    if not isinstance(got, torch.Tensor) or got.shape != ():
+        return "Return a 0-dim tensor: the mean loss, shape ()."
+    kept = targets != ignore_index
+    n_kept, k = int(kept.sum()), logits.shape[1]
+    if n_kept == 0:
+        return ("Every target is ignored, so the mean is over no rows at all: F.cross_entropy "
+                "gives NaN (0 / 0), and so should yours.")
+
+    def close(value: torch.Tensor) -> bool:
+        return bool(torch.allclose(got.double(), value.double(), rtol=1e-5, atol=1e-6))
+
+    log_p = F.log_softmax(logits[kept], dim=1)
+    onehot = F.one_hot(targets[kept], k).float()
+    others_only = (1 - smoothing) * onehot + smoothing / (k - 1) * (1 - onehot)
+    mistakes = [
+        (close(want * n_kept / len(targets)),
+         f"That divides by all {len(targets)} rows; the mean is over the {n_kept} rows whose "
+         "target is not ignore_index."),
+        (0 <= ignore_index < k and close(F.cross_entropy(logits, targets, label_smoothing=smoothing)),
+         f"The rows whose target is {ignore_index} (ignore_index) are counted: leave them out."),
+        (smoothing > 0 and close(-(others_only * log_p).sum(1).mean()),
+         f"That spreads the smoothing over the {k - 1} wrong classes only. Spread it over all "
+         f"{k} classes, the right one included."),
+        (n_kept > 1 and close(want * n_kept), "That is the sum over the rows; return their mean."),
+        (smoothing > 0 and close(F.cross_entropy(logits, targets, ignore_index=ignore_index)),
+         "That is the plain cross-entropy, without smoothing."),
+    ]
+    return next((explanation for matches, explanation in mistakes if matches), "")
 
 
 register(Exercise(
     name="fast_training.smoothed_cross_entropy",
-    title="Label smoothing by hand",
-    practises="label smoothing; cross-entropy against a target distribution",
-    minutes=10,
-    hint="build q = (1 - smoothing) * F.one_hot(targets, K) + smoothing / K, then take "
-         "-(q * F.log_softmax(logits, dim=1)).sum(dim=1).mean().",
-    judge=_fast_judge_smoothing,
+    title="Label smoothing with ignored targets",
+    practises="label smoothing; cross-entropy against a target distribution; masking ignored targets",
+    minutes=15,
+    hint="the chapter's check of label smoothing (section \"Label smoothing\") computes the loss "
+         "of every row. Decide first which rows count, with a boolean mask of the targets that are "
+         "not ignore_index, and use only those rows (F.one_hot refuses a target of -100); the mean "
+         "is over them alone.",
+    judge=judge_cases(_fast_smoothing_cases, _fast_true_smoothing, _fast_smoothing_mistake),
 ))
 
 
 def _fast_crop_cases() -> list[Case]:
     generator = torch.Generator().manual_seed(0)
     cases = []
-    for n, c, size, padding in ((4, 3, 8, 2), (3, 1, 6, 1), (5, 2, 7, 3)):
-        images = torch.randn(n, c, size, size, generator=generator)
+    # One batch of non-square images: an answer that swaps H and W fails on it.
+    for n, c, h, w, padding in ((4, 3, 8, 8, 2), (3, 1, 6, 6, 1), (5, 2, 7, 7, 3), (3, 2, 6, 9, 2)):
+        images = torch.randn(n, c, h, w, generator=generator)
         top = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
         left = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
         cases.append(Case((images, padding, top, left),
-                          f"{n} images of {c}x{size}x{size}, padding {padding}, top {top.tolist()}, "
+                          f"{n} images of {c}x{h}x{w}, padding {padding}, top {top.tolist()}, "
                           f"left {left.tolist()}"))
     return cases
 
@@ -1171,9 +1312,10 @@ register(Exercise(
     title="A batch of crops in one operation",
     practises="advanced indexing; augmentation on whole batches on the device",
     minutes=20,
-    hint="rows = top[:, None] + torch.arange(H) has shape (N, H) and cols = left[:, None] + "
-         "torch.arange(W) shape (N, W); padded[torch.arange(N)[:, None, None], :, rows[:, :, None], "
-         "cols[:, None, :]] has shape (N, H, W, C): permute it to (N, C, H, W).",
+    hint="advanced indexing, on crop_at's formula out[i, c, y, x] = padded[i, c, top[i] + y, "
+         "left[i] + x] (section \"Augmentation on the GPU\"): one index tensor for the image, one "
+         "for the rows and one for the columns, shaped so that they broadcast to (N, H, W), and a "
+         "slice for the channels. Then look at where the channels end up in the result.",
     judge=judge_cases(_fast_crop_cases, _fast_true_crop, _fast_crop_mistake),
 ))
 
@@ -1187,16 +1329,24 @@ def _distributed_shard_cases() -> list[Case]:
         Case((10, 2, 1, 1), "10 examples, 2 ranks, rank 1, epoch 1"),
         Case((10, 3, 2, 0), "10 examples, 3 ranks, rank 2, epoch 0 (10 is not a multiple of 3)"),
         Case((7, 4, 3, 2), "7 examples, 4 ranks, rank 3, epoch 2"),
-        Case((12, 4, 1, 5), "12 examples, 4 ranks, rank 1, epoch 5", {"seed": 3}),
+        Case((12, 4, 1, 5), "12 examples, 4 ranks, rank 1, epoch 5, seed 3", {"seed": 3}),
+        Case((1, 3, 2, 0), "1 example, 3 ranks, rank 2, epoch 0 (fewer examples than ranks)"),
+        Case((2, 7, 6, 1), "2 examples, 7 ranks, rank 6, epoch 1 (fewer examples than ranks)"),
+        Case((10, 3, 2, 0), "10 examples, 3 ranks, rank 2, epoch 0, drop_last=True", {"drop_last": True}),
+        Case((11, 4, 3, 1), "11 examples, 4 ranks, rank 3, epoch 1, drop_last=True", {"drop_last": True}),
+        Case((12, 4, 1, 5), "12 examples, 4 ranks, rank 1, epoch 5, seed 3, drop_last=True",
+             {"seed": 3, "drop_last": True}),
+        Case((2, 5, 0, 0), "2 examples, 5 ranks, rank 0, epoch 0, drop_last=True (fewer examples than ranks)",
+             {"drop_last": True}),
     ]
 
 
 def _distributed_sampler_indices(num_examples: int, world_size: int, rank: int, epoch: int,
-                                 seed: int = 0) -> list[int]:
+                                 seed: int = 0, drop_last: bool = False) -> list[int]:
     from torch.utils.data.distributed import DistributedSampler
 
     sampler = DistributedSampler(range(num_examples), num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=seed, drop_last=False)
+                                 seed=seed, drop_last=drop_last)
     sampler.set_epoch(epoch)
     return list(sampler)
 
@@ -1204,8 +1354,13 @@ def _distributed_sampler_indices(num_examples: int, world_size: int, rank: int, 
 def _distributed_judge_shards(answer: Callable) -> str | None:
     for case in _distributed_shard_cases():
         n, world, rank, epoch = case.args
-        seed = case.kwargs.get("seed", 0)
-        want = _distributed_sampler_indices(n, world, rank, epoch, seed)
+        seed, drop_last = case.kwargs.get("seed", 0), case.kwargs.get("drop_last", False)
+
+        def sampler(**changed) -> list[int]:  # the reference, with some settings changed
+            settings = {"rank": rank, "epoch": epoch, "drop_last": drop_last} | changed
+            return _distributed_sampler_indices(n, world, seed=seed, **settings)
+
+        want = sampler()
         got = call_answer(answer, case.label, *case.args, **case.kwargs)
         if isinstance(got, torch.Tensor):
             got = got.tolist()
@@ -1213,20 +1368,24 @@ def _distributed_judge_shards(answer: Callable) -> str | None:
             return f"on {case.label}, expected a list of ints, got {_describe(got)}"
         if got == want:
             continue
-        if epoch > 0 and got == _distributed_sampler_indices(n, world, rank, 0, seed):
-            return (f"on {case.label}, got the order of epoch 0: the order must change every epoch, so "
-                    f"seed the generator with seed + epoch (what sampler.set_epoch does)")
+        if epoch > 0 and got == sampler(epoch=0):
+            return (f"on {case.label}, got the order of epoch 0: the order must change every epoch (the "
+                    f"generator's seed depends on the epoch, which is what sampler.set_epoch sets)")
+        if drop_last and got == sampler(drop_last=False):
+            return (f"on {case.label}, got the indices for drop_last=False: with drop_last=True the order "
+                    f"is not padded but cut, so that it divides evenly among the ranks")
         if len(got) != len(want):
-            return (f"on {case.label}, expected {len(want)} indices, got {len(got)}: every rank gets "
-                    f"ceil({n} / {world}) = {len(want)}, the shuffled order being padded with its own "
-                    f"first indices up to {len(want) * world}")
-        generator = torch.Generator().manual_seed(seed + epoch)
-        order = torch.randperm(n, generator=generator).tolist()
-        order += order[: len(want) * world - n]
+            padding = len(want) * world - n
+            why = (f": the padding ({padding} indices) is longer than the order ({n}), so the order is "
+                   f"repeated from its start as many times as needed" if padding > n else "")
+            count = f"{len(want)} index" if len(want) == 1 else f"{len(want)} indices"
+            return f"on {case.label}, expected {count}, got {len(got)}{why}"
+        # The padded (or cut) order that the ranks take their strides of, rebuilt from theirs.
+        shares = [sampler(rank=r) for r in range(world)]
+        order = [share[k] for k in range(len(want)) for share in shares]
         if got == order[rank * len(want):(rank + 1) * len(want)]:
             return (f"on {case.label}, got a contiguous block of the shuffled order; rank {rank} takes "
-                    f"the positions {rank}, {rank + world}, {rank + 2 * world}, ... of it: "
-                    f"order[{rank}::{world}]")
+                    f"the positions {rank}, {rank + world}, {rank + 2 * world}, ... of it")
         return f"on {case.label}, expected {want}, got {got}"
     return None
 
@@ -1234,11 +1393,11 @@ def _distributed_judge_shards(answer: Callable) -> str | None:
 register(Exercise(
     name="distributed.shard_indices",
     title="Which examples does each rank see?",
-    practises="DistributedSampler: one shuffled order per epoch, padded, taken with a stride",
-    minutes=15,
-    hint="order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist(); "
-         "pad it with its first entries up to ceil(n / world_size) * world_size; return "
-         "order[rank::world_size].",
+    practises="DistributedSampler: one shuffled order per epoch, padded or cut, taken with a stride",
+    minutes=20,
+    hint="the section \"Each rank its own examples: DistributedSampler\" builds the order for "
+         "drop_last=False, and the paragraph on drop_last after it says what drop_last=True changes. "
+         "Try your function with fewer examples than ranks, and compare with DistributedSampler.",
     judge=_distributed_judge_shards,
 ))
 
@@ -1263,17 +1422,23 @@ def _distributed_judge_accumulation(answer: Callable) -> str | None:
         if not isinstance(got, (list, tuple)) or len(got) != len(want):
             return (f"on {label}, expected a list of {len(want)} gradients (one per parameter, in the order "
                     f"of model.parameters()), got {_describe(got)}")
-        if all(isinstance(g, torch.Tensor) and g.shape == w.shape and torch.allclose(g, w, atol=1e-6)
-               for g, w in zip(got, want)):
+
+        def gives(expected: list[torch.Tensor], atol: float = 1e-6) -> bool:
+            try:  # compare() works in float64, whatever the answer's dtype
+                compare(list(got), expected, atol, 1e-5)
+                return True
+            except _Mismatch:
+                return False
+
+        if gives(list(want)):
             continue
-        if all(isinstance(g, torch.Tensor) and g.shape == w.shape for g, w in zip(got, want)):
-            if all(torch.allclose(g, micro_batches * w, atol=1e-5) for g, w in zip(got, want)):
-                return (f"on {label}, the gradients are {micro_batches} times too large: each micro-batch's "
-                        f"loss is already a mean, so divide it by the number of micro-batches before "
-                        f"backward()")
-            if all(torch.allclose(g - 1, w, atol=1e-5) for g, w in zip(got, want)):
-                return (f"on {label}, the gradients include the ones left from an earlier step: backward() "
-                        f"adds to .grad, so zero it first (model.zero_grad())")
+        if gives([micro_batches * w for w in want], atol=1e-5):
+            return (f"on {label}, the gradients are {micro_batches} times too large: each micro-batch's "
+                    f"loss is already a mean, so divide it by the number of micro-batches before "
+                    f"backward()")
+        if gives([w + 1 for w in want], atol=1e-5):
+            return (f"on {label}, the gradients include the ones left from an earlier step: backward() "
+                    f"adds to .grad, so zero it first (model.zero_grad())")
         try:
             compare(list(got), list(want), 1e-6, 1e-5)
         except _Mismatch as mismatch:
@@ -1286,8 +1451,9 @@ register(Exercise(
     title="A large batch from small ones: gradient accumulation",
     practises="gradient accumulation and the effective batch size",
     minutes=15,
-    hint="model.zero_grad(); for each of the micro_batches chunks (inputs.chunk(m), targets.chunk(m)), "
-         "call (loss_fn(model(x), y) / m).backward(); return [p.grad.clone() for p in model.parameters()].",
+    hint="the section \"The effective batch size, and the learning rate\" explains accumulation. "
+         "Remember that backward() adds to .grad, and that each micro-batch's loss is a mean over "
+         "its own examples only; Tensor.chunk splits a batch.",
     judge=_distributed_judge_accumulation,
 ))
 
@@ -1344,8 +1510,9 @@ register(Exercise(
     title="Per-class recall from a confusion matrix",
     practises="reading a confusion matrix: rows are true classes; ratios with a zero denominator",
     minutes=10,
-    hint="recall of class k is confusion[k, k] divided by the sum of row k (confusion.sum(dim=1)); "
-         "use torch.where to put 0 where a row sums to 0, and work in floats.",
+    hint="the section \"Precision, recall and F1, per class\" defines recall from the matrix: is it a row "
+         "or a column that counts the samples of a class? \"A class that is never predicted\" says what a "
+         "class without samples gets; torch.where can choose between two results element by element.",
     judge=judge_cases(_evaluation_confusions, _evaluation_true_recall, _evaluation_recall_mistake),
 ))
 
@@ -1409,8 +1576,9 @@ register(Exercise(
     title="Macro-F1 from labels",
     practises="per-class F1 and the macro average; why it differs from accuracy on unbalanced classes",
     minutes=15,
-    hint="count TP, FP and FN of each class k (or build the confusion matrix), F1_k = 2 TP / (2 TP + FP + FN) "
-         "with 0 when that denominator is 0, then the plain mean over all num_classes classes.",
+    hint="the sections \"Precision, recall and F1, per class\" and \"Macro averages\" give each step: the "
+         "counts of every class, the form of F1 that needs no special case, and which classes the mean "
+         "runs over (a confusion matrix gives all the counts at once).",
     judge=judge_cases(_evaluation_label_cases, _evaluation_true_macro_f1, _evaluation_macro_f1_mistake),
 ))
 
@@ -1476,7 +1644,8 @@ register(Exercise(
     title="The epoch early stopping keeps",
     practises="early stopping with patience on a validation curve",
     minutes=10,
-    hint="walk the losses with enumerate(val_losses, start=1), remembering the best loss and its epoch; "
-         "count the epochs since the last strict improvement and stop when that count reaches patience.",
+    hint="the section \"Early stopping\" describes the rule, and its EarlyStopping class applies it one "
+         "epoch at a time: follow the same steps over the list, and mind what counts as an improvement "
+         "and how epochs are numbered.",
     judge=_evaluation_judge_early_stopping,
 ))

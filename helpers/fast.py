@@ -29,6 +29,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -195,16 +196,17 @@ def crop_at(images: torch.Tensor, padding: int, top: torch.Tensor, left: torch.T
     One gather for the whole batch: ``out[i, c, y, x] = padded[i, c, top[i] + y, left[i] + x]``.
     """
     n, c, h, w = images.shape
-    if padding == 0:
-        return images
     if padding < 0 or padding >= min(h, w):
         raise ValueError(f"padding must be between 0 and {min(h, w) - 1} for {h}x{w} images, got {padding}")
     if top.shape != (n,) or left.shape != (n,):
         raise ValueError(f"top and left need one offset per image, shape ({n},); got {tuple(top.shape)} "
                          f"and {tuple(left.shape)}")
     # Reading the offsets waits for the device: random_crop, which draws valid ones, skips this.
-    if int(top.min()) < 0 or int(left.min()) < 0 or int(top.max()) > 2 * padding or int(left.max()) > 2 * padding:
+    if n and (int(top.min()) < 0 or int(left.min()) < 0
+              or int(top.max()) > 2 * padding or int(left.max()) > 2 * padding):
         raise ValueError(f"offsets must lie in [0, {2 * padding}] for padding {padding}")
+    if padding == 0:  # the only window is the image itself
+        return images
     return _crop(images, padding, top, left)
 
 
@@ -305,8 +307,14 @@ class ResNet9(nn.Module):
 class Autocast(nn.Module):
     """``model`` run under ``torch.autocast`` in ``dtype`` (bfloat16 by default); float32 logits out.
 
-    Autocast runs matrix products and convolutions in ``dtype`` and keeps the rest (reductions,
-    the softmax in the loss) in float32; the logits are cast back so that the loss is float32.
+    Autocast changes the dtype only of the ops on its lists (PyTorch's "Autocast Op Reference",
+    in the docs of ``torch.amp``; the lists are in ATen's ``autocast_mode.h``): matrix products,
+    convolutions and linear layers run in ``dtype``; on CUDA, the ops on the float32 list (``sum``,
+    ``softmax``, ``log_softmax``, ``exp``, ``log`` and most losses among them) run in float32, while
+    on the CPU that list is shorter, and ``sum`` and ``softmax`` of bf16 inputs stay bf16. Every
+    other op runs in the dtype of its inputs: the ReLUs, the pooling, batch normalisation (its
+    weights stay float32) and the residual additions of a network all run in ``dtype``. The
+    logits are cast to float32 here, so the loss, computed outside, is float32 on every device.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
@@ -417,7 +425,8 @@ class StepBenchmark:
 
 def benchmark_steps(model: nn.Module, loader, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                     device: torch.device | str, *, warmup: int = 5, steps: int = 20) -> StepBenchmark:
-    """Time ``steps`` training steps after ``warmup`` untimed ones; each step includes fetching its batch.
+    """Time ``warmup`` training steps together, then ``steps`` steps one by one; each step includes
+    fetching its batch. The warm-up's total is ``warmup_seconds``, apart from the steady steps.
 
     Each step gets its own ``DeviceTimer``; they are read at the end, so no step waits for the GPU.
     The model and optimizer are trained by these steps: benchmark a copy if that matters.
@@ -643,6 +652,29 @@ def cuda_only(device: torch.device | str, what: str) -> str | None:
     return f"{what} needs a CUDA GPU, and this run is on {runtime.device_name(device)}."
 
 
+def bf16_compile_skip(device: torch.device | str, what: str,
+                      capability: tuple[int, int] | None = None) -> str | None:
+    """None unless ``device`` is a CUDA GPU of compute capability below 8.0 (the T4 of Colab's
+    free tier, the V100), where ``what``, compiled code in bfloat16, is skipped: then the reason,
+    for ``run_step(skip=...)``. ``capability`` is ``torch.cuda.get_device_capability(device)``
+    unless given (so that the decision can be tested without such a GPU).
+
+    Such GPUs have no bf16 instructions: Triton's kernels for them fail ("Feature '.bf16' requires
+    .target sm_80 or higher"), and recent versions of Inductor refuse to compile bf16 graphs for
+    them ("does not support bfloat16 compilation natively, skipping"), so that the step would not
+    be what it says. Devices other than CUDA GPUs get None: their compilers do not need this.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    major, minor = capability if capability is not None else torch.cuda.get_device_capability(device)
+    if (major, minor) >= (8, 0):
+        return None
+    return (f"{what} needs a GPU with bfloat16 instructions (compute capability 8.0 or higher, "
+            f"from the A100 on), and this run is on {runtime.device_name(device)}, of compute "
+            f"capability {major}.{minor}.")
+
+
 # --- Tables, charts, profiles --------------------------------------------------------------------------------
 
 
@@ -749,7 +781,9 @@ def profile_steps(model: nn.Module, loader, loss_fn: Callable, optimizer: torch.
     model.train()
     batches = _endless(loader)
     gc.collect()
-    with captured_stderr() as messages:  # kept in the report, shown with it
+    with captured_stderr() as messages, warnings.catch_warnings():  # kept in the report, shown with it
+        # A routine notice of some versions (torch 2.11 among them), at every profile: not news.
+        warnings.filterwarnings("ignore", message="Warning: Profiler clears events", category=UserWarning)
         with profile(activities=activities) as prof:
             with DeviceTimer(device) as wall:
                 for _ in range(steps):

@@ -15,8 +15,10 @@ import torch
 REDUCTIONS = ("mean", "sum", "none")
 
 # F.binary_cross_entropy clamps each log at -100 so that a probability of exactly 0 or 1 gives a
-# finite loss; we do the same so that the two agree everywhere.
+# finite loss; we do the same.
 LOG_FLOOR = -100.0
+# ...and its backward divides by max(p (1 - p), 1e-12), so that the gradient is finite there too.
+BCE_GRADIENT_FLOOR = 1e-12
 
 
 def mean_squared_error(prediction: torch.Tensor, target: torch.Tensor,
@@ -38,8 +40,9 @@ def binary_cross_entropy(probabilities: torch.Tensor, targets: torch.Tensor,
     """Binary cross-entropy on probabilities, ``F.binary_cross_entropy``.
 
     ``-(1/N) * sum_i [y_i log p_i + (1 - y_i) log(1 - p_i)]``, with each log clamped at -100 as
-    PyTorch does. ``probabilities`` p and ``targets`` y have the same shape ``(*)`` and values in
-    [0, 1]. For p = sigmoid(z) with large |z| this form loses everything: prefer
+    PyTorch does; the gradient is PyTorch's too, finite at p = 0 and p = 1 (see
+    ``_BinaryCrossEntropy``). ``probabilities`` p and ``targets`` y have the same shape ``(*)``
+    and values in [0, 1]. For p = sigmoid(z) with large |z| this form loses everything: prefer
     ``binary_cross_entropy_with_logits``.
     """
     _check_reduction(reduction)
@@ -53,9 +56,36 @@ def binary_cross_entropy(probabilities: torch.Tensor, targets: torch.Tensor,
         "pass sigmoid(logits), or better, give the logits themselves to "
         "binary_cross_entropy_with_logits"))
     _check_unit_interval(targets, "targets", advice="binary targets are 0 or 1")
-    log_p = torch.log(probabilities).clamp(min=LOG_FLOOR)
-    log_1mp = torch.log1p(-probabilities).clamp(min=LOG_FLOOR)  # log(1 - p), exact for tiny p
-    return _reduce(-(targets * log_p + (1 - targets) * log_1mp), reduction)
+    return _reduce(_BinaryCrossEntropy.apply(probabilities, targets), reduction)
+
+
+class _BinaryCrossEntropy(torch.autograd.Function):
+    """The BCE of each element, with the gradient PyTorch gives, also at p = 0 and p = 1.
+
+    The derivative of the loss with respect to p is (p - y) / (p (1 - p)). Autograd through the
+    clamped logs gives NaN where p is exactly 0 or 1, even for a right prediction (p = 1, y = 1),
+    because it multiplies the clamp's zero slope by log's infinite one. PyTorch's backward
+    (binary_cross_entropy_backward) instead divides by max(p (1 - p), 1e-12); this is that
+    formula, so that the two agree everywhere. With respect to the targets, on which the loss
+    depends linearly, PyTorch's gradient is log(1 - p) - log(p) = -logit(p), not clamped.
+    """
+
+    @staticmethod
+    def forward(ctx, probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(probabilities, targets)
+        log_p = torch.log(probabilities).clamp(min=LOG_FLOOR)
+        log_1mp = torch.log1p(-probabilities).clamp(min=LOG_FLOOR)  # log(1 - p), exact for tiny p
+        return -(targets * log_p + (1 - targets) * log_1mp)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        p, y = ctx.saved_tensors
+        grad_p = grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_p = grad * (p - y) / ((1 - p) * p).clamp(min=BCE_GRADIENT_FLOOR)
+        if ctx.needs_input_grad[1]:
+            grad_y = -grad * torch.logit(p)
+        return grad_p, grad_y
 
 
 def binary_cross_entropy_with_logits(logits: torch.Tensor, targets: torch.Tensor,

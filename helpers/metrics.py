@@ -192,7 +192,7 @@ def classification_report(confusion, classes: Sequence[str]) -> str:
         raise ValueError(f"{len(classes)} class names for a {len(confusion)}x{len(confusion)} confusion matrix")
     columns = (precision(confusion), recall(confusion), f1_score(confusion))
     support = confusion.sum(dim=1)
-    width = max(12, *(len(name) for name in classes))
+    width = max(len(label) for label in (*classes, "accuracy", "macro average"))  # the label column
     lines = [f"{'':<{width}} precision  recall      F1  support"]
     for k, name in enumerate(classes):
         p, r, f = (float(column[k]) for column in columns)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import sys
 import time
 import zipfile
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import PercentFormatter
 import numpy as np
 import torch
 import torch.nn.functional as F  # the import the source article forgot
@@ -77,7 +79,9 @@ class SmallCNN(nn.Module):
 def to_device(batch: Any, device: torch.device | str) -> Any:
     """Move a tensor, or the tensors in a (nested) tuple, list or dict, to ``device``.
 
-    ``non_blocking`` lets a copy from pinned memory overlap with the GPU's work.
+    ``non_blocking=True``: a copy from pinned memory to a GPU is asynchronous with respect to the
+    host, so the CPU does not wait for it and goes on queuing work (on one CUDA stream, the
+    kernels queued after it still run after it). Elsewhere it is an ordinary copy.
     """
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -371,7 +375,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         "epoch": int(epoch),
         "model": _unwrapped(model).state_dict(),
         "optimizer": optimizer.state_dict(),
+        "optimizer_class": type(optimizer).__name__,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scheduler_class": type(scheduler).__name__ if scheduler is not None else None,
         "history": history if history is not None else {},
         "rng": rng_state(),
         "loader_generator": loader_generator.get_state() if loader_generator is not None else None,
@@ -387,6 +393,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # torch's messages embolden text for terminals
 
 
 def _describe_foreign(state: Any) -> str:
@@ -417,14 +426,20 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer:
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is not the zip archive torch.save "
                               f"writes (a file cut short by a crash or a full disk, or another kind of file)")
+    with zipfile.ZipFile(path) as archive:
+        if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+            raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint: it lacks the "
+                                  f"data.pkl that torch.save writes into every file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for refused objects, RuntimeError for a damaged archive
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        if "weights only" in str(error).lower():
+        message = _ANSI_ESCAPE.sub("", str(error))
+        if "weights only" in message.lower():
+            refused = re.search(r"WeightsUnpickler error: (.*?)(?= Please use|\n|$)", message)
             raise CheckpointError(f"{path} holds Python objects that weights_only loading refuses, so it was "
-                                  f"not written by save_checkpoint (loading it unsafely could run code): "
-                                  f"{first_line}") from None
+                                  f"not written by save_checkpoint (loading it unsafely could run code)"
+                                  + (f": {refused.group(1).strip()}" if refused else "")) from None
+        first_line = message.strip().splitlines()[0] if message.strip() else ""
         raise CheckpointError(f"{path} is damaged and cannot be read ({type(error).__name__}: {first_line})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a checkpoint written by "
@@ -432,6 +447,15 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer:
     if state.get("version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} has checkpoint version {state['version']}, newer than this code "
                               f"understands ({CHECKPOINT_VERSION}): update the helpers package")
+    # Another optimizer's state loads without complaint (its parameter groups look alike) and
+    # fails later, or silently changes settings: compare the classes before restoring anything.
+    for role, given in (("optimizer", optimizer), ("scheduler", scheduler)):
+        saved = state.get(f"{role}_class")
+        if given is not None and saved is not None and saved != type(given).__name__:
+            raise CheckpointError(
+                f"{path} holds the state of {_a(saved)} {role}, but it is being loaded into "
+                f"{_a(type(given).__name__)}: to resume from it, create {_a(saved)} {role}, as the run "
+                f"that saved it did (or, to keep only the weights, load it without the {role})")
     try:
         if model is not None:
             _unwrapped(model).load_state_dict(state["model"])
@@ -470,23 +494,33 @@ def epoch_summary(bar: str, train: dict, val: dict | None) -> str:
 
 def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer: torch.optim.Optimizer,
         device: torch.device | str, epochs: int, *, checkpoint_path: str | Path | None = None,
-        resume: bool = False, scheduler=None, progress: bool | None = None, verbose: bool = True,
-        on_epoch_end: Callable[[int, dict], bool | None] | None = None,
+        resume: bool = False, overwrite: bool = False, scheduler=None, progress: bool | None = None,
+        verbose: bool = True, on_epoch_end: Callable[[int, dict], bool | None] | None = None,
         correct_fn: Callable | None = count_correct) -> dict[str, list]:
     """Train for epochs ``1..epochs``, evaluating on ``val_loader`` (may be None) after each.
 
     Returns the history: per epoch, ``HISTORY_KEYS`` (``train_loss``, ``val_accuracy``, ...;
     ``seconds`` is the epoch's wall time). After every epoch, with ``checkpoint_path``, saves a
-    checkpoint (``save_checkpoint``). With ``resume=True`` and a checkpoint at that path,
-    training continues after the epoch it holds, with its weights, optimizer state, history
-    and random state, and ends as the uninterrupted run would have. ``scheduler`` steps once
-    per epoch. ``on_epoch_end(epoch, history)`` returning True stops early (the checkpoint of
-    that epoch is still written). ``verbose`` prints two lines per epoch (``epoch_summary``).
+    checkpoint (``save_checkpoint``); a file already there is refused (``CheckpointError``)
+    unless ``resume=True`` or ``overwrite=True``. With ``resume=True`` and a checkpoint at that
+    path, training continues after the epoch it holds, with its weights, optimizer and scheduler
+    state, history and random state. It then ends exactly as the uninterrupted run would have,
+    provided that the loader has no ``persistent_workers`` (their random state is not saved),
+    that ``on_epoch_end`` keeps no state of its own (an early-stopping object starts afresh),
+    and that the device is the CPU, or a CUDA GPU with deterministic algorithms (MPS's generator
+    is not saved). ``scheduler`` steps once per epoch. ``on_epoch_end(epoch, history)``
+    returning True stops early (the checkpoint of that epoch is still written). ``verbose``
+    prints two lines per epoch (``epoch_summary``); ``verbose=False`` shows nothing, not even a
+    progress bar, unless ``progress=True``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs the checkpoint_path to resume from")
+    if checkpoint_path is not None and not resume and not overwrite and Path(checkpoint_path).exists():
+        raise CheckpointError(f"{checkpoint_path} exists already, and a new run would overwrite it: pass "
+                              f"resume=True to continue the run it holds, another checkpoint_path to keep "
+                              f"it, or overwrite=True to replace it")
     model.to(device)
     generator = getattr(train_loader, "generator", None)
     history, first_epoch = empty_history(), 1
@@ -497,7 +531,7 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
             print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
     for epoch in range(first_epoch, epochs + 1):
         bar = ProgressBar(_total_batches(train_loader), f"epoch {epoch:>{len(str(epochs))}}/{epochs}",
-                          live=progress)
+                          live=progress if progress is not None or verbose else False)
         with Timer(device) as epoch_time:
             train = train_one_epoch(model, train_loader, loss_fn, optimizer, device, progress=bar,
                                     correct_fn=correct_fn)
@@ -543,7 +577,8 @@ def plot_history(history: dict[str, list], axes=None):
     axes[0].set_title("loss")
     axes[1].set_title("accuracy")
     if all(0 <= v <= 1 for v in history["train_accuracy"] + history["val_accuracy"] if not math.isnan(v)):
-        axes[1].yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+        # As many decimals as the ticks need: 0.425 reads 42.5%, not 42%.
+        axes[1].yaxis.set_major_formatter(PercentFormatter(xmax=1))
     figure = axes[0].figure
     figure.tight_layout()
     return figure

@@ -72,6 +72,7 @@ def test_the_source_is_announced_once_per_process(tmp_path, capsys):
 
 
 def test_the_environment_variable_gives_the_folder_in_full_mode(tmp_path, monkeypatch, full_mode, capsys):
+    monkeypatch.setattr(data, "IMAGES_PER_CLASS", {"train": 2, "test": 2})  # a complete copy, in small
     make_tree(tmp_path / "mirror")
     monkeypatch.setenv(data.JPEG_DIR_ENV, str(tmp_path / "mirror"))
     cifar = load_cifar10()
@@ -96,7 +97,9 @@ def test_quick_mode_uses_the_stand_in_even_when_the_variable_is_set(tmp_path, mo
     (lambda root: (make_tree(root), (root / "train" / "Cat").mkdir()), "unexpected Cat"),
     (lambda root: make_tree(root, size=(64, 48)), "is 64x48 pixels; CIFAR-10 images are 32x32"),
     (lambda root: (make_tree(root), [p.unlink() for p in (root / "test" / "frog").iterdir()]),
-     "test/frog (given as image_folder) holds no .png or .jpg images: the copy is incomplete"),
+     "test/frog (given as image_folder) holds no .png, .jpg or .jpeg images (it holds no files)"),
+    (lambda root: make_tree(root, fmt="webp"),
+     "holds no .png, .jpg or .jpeg images (it holds only .webp files): only those files are read"),
     (lambda root: (make_tree(root), (root / "train" / "cat" / "0.png").write_bytes(b"not a png")),
      "0.png (given as image_folder) is not a readable image"),
 ])
@@ -106,6 +109,52 @@ def test_a_broken_image_folder_gets_a_clear_error(tmp_path, damage, message):
     with pytest.raises(DataSourceError, match=None) as error:
         load_cifar10(root)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("through_variable", [False, True])
+def test_full_mode_refuses_a_partial_copy_naming_the_folder_and_the_counts(tmp_path, monkeypatch, full_mode,
+                                                                           through_variable):
+    make_tree(tmp_path / "cifar", per_class=3)
+    if through_variable:
+        monkeypatch.setenv(data.JPEG_DIR_ENV, str(tmp_path / "cifar"))
+    with pytest.raises(DataSourceError) as error:
+        load_cifar10() if through_variable else load_cifar10(tmp_path / "cifar")
+    hint = "from $CIFAR10_JPEG_DIR" if through_variable else "given as image_folder"
+    assert str(error.value).startswith(
+        f"{tmp_path / 'cifar' / 'train' / 'airplane'} ({hint}) holds 3 images, but every class folder of "
+        f"CIFAR-10's train/ split holds 5,000: copy the folder again in full (or unpack the archive again)")
+
+
+def test_full_mode_finds_the_one_class_folder_cut_short(tmp_path, monkeypatch, full_mode):
+    monkeypatch.setattr(data, "IMAGES_PER_CLASS", {"train": 3, "test": 3})
+    make_tree(tmp_path, per_class=3)
+    (tmp_path / "test" / "ship" / "2.png").unlink()
+    with pytest.raises(DataSourceError, match=r"test/ship \(given as image_folder\) holds 2 images, but every "
+                                              r"class folder of CIFAR-10's test/ split holds 3"):
+        load_cifar10(tmp_path)
+
+
+def test_quick_mode_accepts_a_small_copy_but_not_unequal_classes(tmp_path):
+    make_tree(tmp_path, per_class=3)
+    assert len(load_cifar10(tmp_path, announce=False).train) == 30
+    (tmp_path / "train" / "horse" / "2.png").unlink()
+    with pytest.raises(DataSourceError, match=r"the class folders of .*train \(given as image_folder\) hold "
+                                              r"different numbers of images \(airplane 3, .* horse 2, ship 3, "
+                                              r"truck 3\); .* the copy is incomplete"):
+        load_cifar10(tmp_path)
+
+
+def test_only_png_and_jpeg_files_are_read_and_counted_without_opening_them(tmp_path, monkeypatch):
+    make_tree(tmp_path, per_class=2)
+    for folder in (tmp_path / "train").iterdir():
+        Image.new("RGB", (32, 32)).save(folder / "extra.webp")  # not read, not counted
+        (folder / "notes.txt").write_text("not an image")
+    opened = []
+    real_open = data.Image.open
+    monkeypatch.setattr(data.Image, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
+    cifar = load_cifar10(tmp_path, announce=False)
+    assert len(opened) == 20  # the first image of each class folder, for its size
+    assert len(cifar.train) == 20 and not any(path.endswith(".webp") for path, _ in cifar.train.samples)
 
 
 def test_classes_directly_under_the_root_are_a_wrong_layout(tmp_path):
@@ -299,7 +348,7 @@ def test_plot_image_grid_titles_and_marks_mistakes():
 # --- The chapter's exercises: typical wrong answers get a precise verdict --------------------------------
 
 
-def test_channel_mean_std_exercise_names_the_usual_mistakes():
+def test_tensor_mean_std_exercise_names_the_usual_mistakes():
     def right(images):
         std, mean = torch.std_mean(images.float() / 255, dim=(0, 2, 3), correction=0)
         return mean, std
@@ -316,14 +365,14 @@ def test_channel_mean_std_exercise_names_the_usual_mistakes():
         x = images.float() / 255
         return x.mean(dim=(0, 2, 3)), x.std(dim=(2, 3), correction=0).mean(0)
 
-    assert judge_answer("data.channel_mean_std", right).status == PASSED
+    assert judge_answer("data.tensor_mean_std", right).status == PASSED
     for wrong, message in [(forgot_255, "item 0: expected .* raw 0-255 values: divide by 255"),
                            (sample_std, "item 1: expected .*Bessel's correction"),
                            (per_image_std, "item 1: expected .* average of each image's own std")]:
-        verdict = judge_answer("data.channel_mean_std", wrong)
+        verdict = judge_answer("data.tensor_mean_std", wrong)
         assert verdict.status == FAILED
         assert re.search(message, verdict.message), verdict.message
-    verdict = judge_answer("data.channel_mean_std", lambda images: images.float().mean())
+    verdict = judge_answer("data.tensor_mean_std", lambda images: images.float().mean())
     assert "expected a tuple of 2 items, got tensor" in verdict.message
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from helpers import distributed
+from helpers import distributed, exercises
 from helpers.distributed import (DistributedContext, TrainConfig, choose_backend, init_distributed, parse_args,
                                  quiet_environment, shard_loader, torchrun_command, train)
 from helpers.exercises import FAILED, PASSED, judge_answer
@@ -123,8 +123,29 @@ def test_clear_errors_outside_torchrun_and_for_bad_options(monkeypatch):
         assert choose_backend("auto")[0] == "gloo"
     with pytest.raises(SystemExit):
         parse_args(["--batch-size", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["--num-images", "0"])
     command, config = parse_args(["demo", "--epochs", "3", "--data", "cifar10"])
     assert command == "demo" and config.epochs == 3 and config.data == "cifar10"
+
+
+def test_cifar10_trains_on_every_image_unless_told_otherwise():
+    # The chapter's multi-GPU commands give --data cifar10 and no --num-images.
+    assert parse_args(["--data", "cifar10", "--batch-size", "64"])[1].image_count is None
+    assert parse_args(["--data", "cifar10", "--num-images", "500"])[1].image_count == 500
+    assert parse_args([])[1].image_count == distributed.STAND_IN_IMAGES == 1024
+    assert parse_args(["--data", "standin", "--num-images", "10"])[1].image_count == 10
+
+
+@pytest.mark.parametrize("local_rank, order", [(0, ["load", "barrier"]), (1, ["barrier", "load"])])
+def test_cifar10_is_downloaded_by_local_rank_0_of_every_machine(monkeypatch, local_rank, order):
+    # Global rank 9 is on the second machine (8 processes each): its local rank decides.
+    events = []
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: events.append("barrier"))
+    monkeypatch.setattr(distributed, "cifar10_tensors", lambda limit: events.append("load") or limit)
+    context = DistributedContext(9 - local_rank, local_rank, 16, torch.device("cpu"), "gloo")
+    assert distributed.training_data(TrainConfig(data="cifar10"), context) is None  # all images
+    assert events == order
 
 
 def test_the_torchrun_command_and_its_environment():
@@ -137,23 +158,39 @@ def test_the_torchrun_command_and_its_environment():
 # --- The chapter's exercises: typical wrong answers get a precise message ----------------------------------------
 
 
-def _shard(n, world, rank, epoch, seed=0, pad=True, use_epoch=True, block=False):
+def _shard(n, world, rank, epoch, seed=0, drop_last=False, use_epoch=True, use_drop_last=True,
+           block=False, pad_once=False):
+    """shard_indices, right by default; each flag makes one usual mistake."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + (epoch if use_epoch else 0))).tolist()
-    per_rank = -(-n // world)
-    if pad:
-        order += order[:per_rank * world - n]
+    total = n // world * world if drop_last and use_drop_last else -(-n // world) * world
+    if pad_once:  # pads with the order's first indices only: too short when the padding exceeds n
+        order += order[:total - n]
+    else:
+        order = (order * -(-total // n))[:total]
     if block:
-        return order[rank * per_rank:(rank + 1) * per_rank]
+        return order[rank * (total // world):(rank + 1) * (total // world)]
     return order[rank::world]
 
 
-def test_shard_exercise_names_each_usual_mistake():
+def test_shard_exercise_agrees_with_the_sampler_and_names_each_usual_mistake():
     assert judge_answer("distributed.shard_indices", _shard).status == PASSED
-    for mistake, message in [({"use_epoch": False}, "got the order of epoch 0"),
-                             ({"pad": False}, "padded with its own first indices"),
-                             ({"block": True}, "got a contiguous block of the shuffled order")]:
+    for mistake, message in [
+            ({"use_epoch": False}, "got the order of epoch 0"),
+            ({"pad_once": True}, "on 1 example, 3 ranks, rank 2, epoch 0 (fewer examples than ranks), expected "
+                                 "1 index, got 0: the padding (2 indices) is longer than the order (1)"),
+            ({"use_drop_last": False}, "got the indices for drop_last=False: with drop_last=True the order is "
+                                       "not padded but cut"),
+            ({"block": True}, "got a contiguous block of the shuffled order")]:
         verdict = judge_answer("distributed.shard_indices", lambda *a, m=mistake, **k: _shard(*a, **k, **m))
         assert verdict.status == FAILED and message in verdict.message, verdict.message
+
+
+def test_the_shard_exercise_asks_for_what_the_sampler_does_when_padding_exceeds_the_data():
+    # DistributedSampler repeats the whole order when there are fewer examples than ranks.
+    cases = exercises._distributed_shard_cases()
+    assert any(-(-n // world) * world - n > n for (n, world, _, _) in (c.args for c in cases))
+    assert {c.kwargs.get("drop_last", False) for c in cases} == {False, True}
+    assert exercises._distributed_sampler_indices(1, 3, 2, 0) == [0] != _shard(1, 3, 2, 0, pad_once=True)
 
 
 def _accumulate(model, loss_fn, inputs, targets, micro_batches, divide=True, zero=True):
@@ -167,6 +204,9 @@ def _accumulate(model, loss_fn, inputs, targets, micro_batches, divide=True, zer
 
 def test_accumulation_exercise_names_each_usual_mistake():
     assert judge_answer("distributed.accumulated_gradients", _accumulate).status == PASSED
+    in_float64 = judge_answer("distributed.accumulated_gradients",  # right, in another dtype
+                              lambda *a: [g.double() for g in _accumulate(*a)])
+    assert in_float64.status == PASSED, in_float64.message
     for mistake, message in [({"divide": False}, "the gradients are 3 times too large"),
                              ({"zero": False}, "zero it first")]:
         verdict = judge_answer("distributed.accumulated_gradients",

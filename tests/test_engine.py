@@ -307,6 +307,22 @@ def test_values_outside_an_operations_domain_are_refused():
     assert (Value(-2.0) ** 3).data == -8.0
 
 
+@pytest.mark.parametrize("exponent", [0.5, 0.25])
+def test_a_root_of_zero_is_refused_because_its_derivative_is_infinite(exponent):
+    # The value exists, but backward() would need n * 0 ** (n - 1), which is infinite (PyTorch
+    # gives inf): refused when the value is made, with the way out, not as a crash in backward.
+    with pytest.raises(ValueError, match=rf"0 \*\* {exponent} has no finite derivative: .* keep the "
+                                         rf"base away from 0, for instance \(x \+ 1e-12\) \*\* {exponent}"):
+        Value(0.0) ** exponent
+
+
+@pytest.mark.parametrize("exponent, slope", [(0, 0.0), (1, 1.0), (1.5, 0.0), (2, 0.0)])
+def test_other_powers_of_zero_have_their_finite_derivative(exponent, slope):
+    x = Value(0.0)
+    (x ** exponent).backward()
+    assert x.grad == slope
+
+
 def test_backward_on_several_outputs_without_seeds_is_refused_as_in_torch():
     a = Value(2.0)
     outputs = [a * 2, a * 3]
@@ -410,6 +426,19 @@ def test_sigmoid_exercise_wrong_answers_are_told_what_is_wrong(answer, message):
     verdict = judge_answer("autograd.sigmoid_op", answer)
     assert verdict.status == FAILED
     assert verdict.message.startswith(message), verdict.message
+
+
+@pytest.mark.parametrize("crash_at, on", [(1.0, "on v = Value(1), in sigmoid(v) * 3, "),
+                                          (1.5, "on v = Value(1.5), in sigmoid(v) * v, ")])
+def test_sigmoid_exercise_names_the_input_of_a_crash_in_its_last_checks(crash_at, on):
+    def crashes_at_one_point(v):
+        if v.data == crash_at:
+            raise ValueError("only here")
+        return sigmoid_right(v)
+
+    verdict = judge_answer("autograd.sigmoid_op", crashes_at_one_point)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith(on + "the answer raised ValueError: only here"), verdict.message
 
 
 def train_step_right(model, optimizer, inputs, targets):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from helpers import exercises
-from helpers.exercises import FAILED, NOT_DONE, PASSED, Case, Exercise, check, compare, judge_answer
+from helpers.exercises import (CHECK_ERROR, FAILED, NOT_DONE, PASSED, Case, Exercise, call_answer, check,
+                               compare, judge_answer)
 from helpers.notebooks import book_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +139,9 @@ def starter_raises(x):
     ("autograd.sigmoid_op", "on v = Value(-2), "),
     ("autograd.train_step", "on batch 1, "),
     ("losses.bce_with_logits", "on logits [-2.0, 0.5, 3.0] and targets [0.0, 1.0, 1.0], "),
+    ("fast_training.smoothed_cross_entropy",
+     "on 6 rows of 4 logits with smoothing 0.1, ignore_index=2 and targets [2, 3, 0, 1, 3, 1], "),
+    ("fast_training.crop_batch", "on 4 images of 3x8x8, padding 2, top [2, 4, 3, 3], left [1, 4, 4, 4], "),
 ])
 def test_a_crashing_answer_is_told_which_input_it_crashed_on(name, on):
     def crashes(*args):
@@ -146,3 +150,133 @@ def test_a_crashing_answer_is_told_which_input_it_crashed_on(name, on):
     verdict = judge_answer(name, crashes)
     assert verdict.status == FAILED
     assert verdict.message.startswith(on + "the answer raised ZeroDivisionError: division by zero"), verdict.message
+
+
+# --- The chapters on graphs, gradients, losses and optimizers ---------------------------------
+
+
+def _reference_sigmoid(v):
+    import math
+
+    from helpers.engine import Value
+
+    s = 1.0 / (1.0 + math.exp(-v.data))
+    out = Value(s, (v,), "sigmoid")
+
+    def backward(grad):
+        v.grad += s * (1.0 - s) * grad
+    out._backward = backward
+    return out
+
+
+def _reference_train_step(model, optimizer, inputs, targets):
+    optimizer.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def _reference_answers() -> dict:
+    """A right answer to each exercise of these four chapters, from helpers and PyTorch."""
+    import torch.nn.functional as F
+
+    from helpers import losses
+
+    return {
+        "dynamic_graph.count_nodes": exercises._count_graph_nodes,
+        "dynamic_graph.count_leaves": exercises._leaves_requiring_grad,
+        "autograd.sigmoid_op": _reference_sigmoid,
+        "autograd.train_step": _reference_train_step,
+        "autograd.logistic_grad": exercises._logistic_grad_by_autograd,
+        "losses.mean_squared_error": losses.mean_squared_error,
+        "losses.bce_with_logits": losses.binary_cross_entropy_with_logits,
+        "losses.log_softmax": losses.log_softmax,
+        "losses.cross_entropy": F.cross_entropy,  # its ignore_index is the exercise's
+        "optimizers.adam_step": exercises._torch_adam_step,
+        "optimizers.momentum_step": exercises._torch_momentum_step,
+        "optimizers.learning_rate": lambda a, b: 2 / (a + b),
+    }
+
+
+def test_every_exercise_of_the_four_chapters_has_a_reference_answer_here():
+    chapters = ("dynamic_graph", "autograd", "losses", "optimizers")
+    assert sorted(_reference_answers()) == sorted(n for n in exercises.EXERCISES if n.startswith(chapters))
+
+
+@pytest.mark.parametrize("name", sorted(_reference_answers()))
+def test_checking_an_answer_leaves_the_global_random_state_alone(name):
+    # A check that reseeded torch's global generator would change what the learner's notebook
+    # draws next: the judges draw their inputs from generators of their own.
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    assert judge_answer(name, _reference_answers()[name]).status == PASSED
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_count_leaves_counts_an_output_that_is_itself_a_leaf():
+    from helpers.graphs import backward_graph
+
+    a = torch.tensor(2.0, requires_grad=True)
+    a.backward()  # a backward pass from a leaf writes that leaf's own .grad
+    assert a.grad == 1.0
+
+    def accumulate_grad_nodes_only(t):
+        nodes, _ = backward_graph(t)
+        return sum(1 for node in nodes if hasattr(node, "variable"))
+
+    verdict = judge_answer("dynamic_graph.count_leaves", accumulate_grad_nodes_only)
+    assert verdict.status == FAILED
+    assert verdict.message == ("on a leaf that requires a gradient, itself the output (grad_fn is None), "
+                               "expected 1, got 0")
+
+
+# --- Whose error is it: the answer's, or the check's own? ----------------------------------------
+
+def _register_judge(monkeypatch, judge) -> str:
+    exercise = Exercise(name="test.judged", title="", practises="", minutes=1, hint="h", judge=judge)
+    monkeypatch.setitem(exercises.EXERCISES, exercise.name, exercise)
+    return exercise.name
+
+
+def _vectors_that_do_not_fit() -> list[Case]:
+    return [Case((torch.ones(2), torch.ones(3)), "vectors of 2 and 3 elements")]
+
+
+def test_a_crash_in_the_checks_own_code_is_a_check_error_not_the_answers(monkeypatch):
+    # The check's code is the course's (here judge_cases and torch.dot, as its oracle); its
+    # crash happens before the answer has run at all.
+    name = _register_judge(monkeypatch, exercises.judge_cases(_vectors_that_do_not_fit, torch.dot))
+    verdict = judge_answer(name, lambda a, b: a @ b)
+    assert verdict.status == CHECK_ERROR
+    assert verdict.message.startswith("the check itself failed, not your answer: RuntimeError: ")
+    assert "(exercises.py, line " in verdict.message
+    assert "please report it, with this message" in verdict.message
+    assert str(verdict).startswith("⚠️ test.judged: ")
+    exercise = Exercise(name="test.cases", title="", practises="", minutes=1, hint="h",
+                        cases=_vectors_that_do_not_fit, expected=torch.dot)  # the same, as cases
+    monkeypatch.setitem(exercises.EXERCISES, exercise.name, exercise)
+    assert judge_answer("test.cases", lambda a, b: a @ b).status == CHECK_ERROR
+
+
+def test_a_crash_inside_the_answer_called_directly_by_a_judge_is_the_answers(monkeypatch):
+    def judge(answer):  # calls the answer itself, without call_answer
+        return None if answer(3) == 9 else "wrong"
+
+    name = _register_judge(monkeypatch, judge)
+
+    def crashes_in_a_library(x):
+        return torch.ones(2) @ torch.ones(3)  # raised by torch, on the answer's behalf
+
+    verdict = judge_answer(name, crashes_in_a_library)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("the answer raised RuntimeError: ")
+    assert "return torch.ones(2) @ torch.ones(3)" in verdict.message
+
+
+def test_files_of_the_course_and_of_libraries_are_told_from_the_learners():
+    assert exercises._in_course_or_library(exercises.__file__)
+    assert exercises._in_course_or_library(torch.__file__)
+    assert exercises._in_course_or_library(json.__file__)
+    assert not exercises._in_course_or_library("/tmp/ipykernel_123/456.py")  # a notebook's cell
+    assert not exercises._in_course_or_library(__file__)

@@ -24,7 +24,8 @@ from helpers import fast, runtime
 from helpers.data import StandInCIFAR10, WithTransform, channel_mean_std, make_loader, to_tensor_transform
 from helpers.exercises import FAILED, PASSED, judge_answer
 from helpers.fast import (Autocast, DeviceLoader, DeviceTimer, FlipAndCrop, FlipAverage, ResNet9, Residual,
-                          StepResult, benchmark_steps, captured_stderr, channel_stats, crop_at, cuda_only,
+                          StepResult, benchmark_steps, bf16_compile_skip, captured_stderr, channel_stats,
+                          crop_at, cuda_only,
                           dataset_to_tensors, describe_measurements, normalise, plot_results, profile_steps,
                           random_crop, random_flip, results_table, run_step, speedups)
 from helpers.runtime import seed_everything
@@ -112,15 +113,24 @@ def _crops_one_by_one(images, padding, top, left):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 5), channels=st.integers(1, 3), size=st.integers(4, 9), padding=st.integers(0, 3),
-       seed=st.integers(0, 10_000))
-def test_crop_at_is_a_loop_of_slices(n, channels, size, padding, seed):
-    padding = min(padding, size - 1)
+@given(n=st.integers(1, 5), channels=st.integers(1, 3), height=st.integers(4, 9), width=st.integers(4, 9),
+       padding=st.integers(0, 3), seed=st.integers(0, 10_000))
+def test_crop_at_is_a_loop_of_slices(n, channels, height, width, padding, seed):
+    padding = min(padding, height - 1, width - 1)
     g = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, channels, size, size, generator=g)
+    images = torch.randn(n, channels, height, width, generator=g)
     top = torch.randint(0, 2 * padding + 1, (n,), generator=g)
     left = torch.randint(0, 2 * padding + 1, (n,), generator=g)
     torch.testing.assert_close(crop_at(images, padding, top, left), _crops_one_by_one(images, padding, top, left))
+
+
+def test_crop_at_on_images_that_are_not_square():
+    # Rows and columns of different lengths: an implementation that swaps H and W cannot pass.
+    images = torch.randn(3, 2, 6, 9)
+    top, left = torch.tensor([0, 4, 2]), torch.tensor([3, 0, 4])
+    out = crop_at(images, 2, top, left)
+    assert out.shape == (3, 2, 6, 9)
+    torch.testing.assert_close(out, _crops_one_by_one(images, 2, top, left))
 
 
 def test_crop_keeps_the_memory_format_and_checks_its_offsets():
@@ -136,6 +146,13 @@ def test_crop_keeps_the_memory_format_and_checks_its_offsets():
         crop_at(images, 2, top[:3], left)
     with pytest.raises(ValueError, match="padding must be between 0 and 7"):
         crop_at(images, 8, top, left)
+    # Without padding the only window is the image itself; other offsets are still an error.
+    zeros = torch.zeros(4, dtype=torch.int64)
+    assert crop_at(images, 0, zeros, zeros) is images
+    with pytest.raises(ValueError, match=r"offsets must lie in \[0, 0\]"):
+        crop_at(images, 0, top, left)
+    with pytest.raises(ValueError, match="one offset per image"):
+        crop_at(images, 0, zeros[:3], zeros)
 
 
 def test_random_flip_mirrors_some_images_and_leaves_the_others():
@@ -168,6 +185,20 @@ def test_resnet9_shapes_parameters_and_errors():
         narrow(torch.randn(3, 32, 32))
     with pytest.raises(ValueError, match="four positive channel counts"):
         ResNet9(widths=(4, 8, 16))
+
+
+def test_which_ops_autocast_puts_in_bf16_on_the_cpu():
+    """What Autocast's docstring says of the CPU: the convolution runs in bf16, and so do the ops
+    that are on no list (ReLU, pooling, batch norm, additions); sum and softmax stay bf16 there
+    (on CUDA they are on the float32 list); the loss outside sees float32 logits."""
+    x = torch.randn(2, 3, 8, 8)
+    conv, norm = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+        outputs = [y, F.relu(y), F.max_pool2d(y, 2), norm(y), y + y, y.sum(), y.softmax(dim=1)]
+    assert all(out.dtype == torch.bfloat16 for out in outputs), [out.dtype for out in outputs]
+    assert norm.weight.dtype == torch.float32
+    assert Autocast(SmallCNN())(torch.randn(2, 3, 32, 32)).dtype == torch.float32
 
 
 def test_residual_autocast_and_flip_average():
@@ -288,6 +319,19 @@ def test_steps_that_need_cuda_are_skipped_with_a_reason(tiny, capsys):
     assert capsys.readouterr().out == f"graphs: skipped. {reason}\n"
 
 
+def test_compiled_bf16_is_skipped_on_gpus_without_bf16_instructions(monkeypatch):
+    monkeypatch.setattr(fast.runtime, "device_name", lambda device: "cuda (Tesla T4)")
+    reason = bf16_compile_skip("cuda", "Compiling in bf16", capability=(7, 5))
+    assert reason == ("Compiling in bf16 needs a GPU with bfloat16 instructions (compute capability 8.0 "
+                      "or higher, from the A100 on), and this run is on cuda (Tesla T4), of compute "
+                      "capability 7.5.")
+    assert "GPU" in reason  # the chapter's table cell checks that every skip names the GPU
+    assert bf16_compile_skip("cuda", "x", capability=(7, 0)) is not None  # the V100
+    for capability in [(8, 0), (8, 6), (9, 0), (10, 0)]:  # A100, RTX 30xx, H100 and H200, B200
+        assert bf16_compile_skip("cuda", "x", capability=capability) is None
+    assert bf16_compile_skip(CPU, "x") is None  # no capability is asked for off CUDA
+
+
 def test_the_compiled_steps_run_through_run_step(tiny, monkeypatch):
     """The full run's compiled steps, on the CPU: the same code path, with a compiler backend that
     needs no C++ or Triton compilation (AOTAutograd without Inductor), so that it takes seconds."""
@@ -318,8 +362,13 @@ def test_the_compiled_steps_run_through_run_step(tiny, monkeypatch):
 def test_profile_steps_on_the_cpu(tiny):
     train_x, train_y, _, _ = tiny
     model = SmallCNN()
-    report = profile_steps(model, DeviceLoader(train_x, train_y, 32, shuffle=True), nn.CrossEntropyLoss(),
-                           torch.optim.SGD(model.parameters(), lr=0.01), CPU, steps=3, top=4)
+    with warnings.catch_warnings():
+        # As outside pytest, which records warnings itself: shown on sys.stderr when raised.
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line)))
+        report = profile_steps(model, DeviceLoader(train_x, train_y, 32, shuffle=True), nn.CrossEntropyLoss(),
+                               torch.optim.SGD(model.parameters(), lr=0.01), CPU, steps=3, top=4)
     assert report.steps == 3 and report.device_busy_seconds is None and len(report.top) == 4
     assert 0 < report.waiting_for_data_seconds < report.wall_seconds
     text = str(report)
@@ -372,30 +421,57 @@ def test_table_speedups_chart_and_the_sentence_about_the_run(monkeypatch):
 # --- The chapter's exercises: typical wrong answers get a precise message ----------------------------------------
 
 
-def _smoothed(logits, targets, smoothing, spread_over=None):
+def _smoothed(logits, targets, smoothing, ignore_index=-100, spread_over=None, mean_over="kept"):
+    keep = targets != ignore_index
     k = logits.shape[1]
-    onehot = F.one_hot(targets, k).float()
+    onehot = F.one_hot(targets.where(keep, 0), k).float()
     if spread_over == "others":
         q = (1 - smoothing) * onehot + smoothing / (k - 1) * (1 - onehot)
     else:
         q = (1 - smoothing) * onehot + smoothing / k
-    return -(q * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    per_row = -(q * F.log_softmax(logits, dim=1)).sum(dim=1)
+    if mean_over == "all":
+        return (per_row * keep).sum() / len(targets)
+    return per_row[keep].mean()  # the mean of no rows is NaN, as in F.cross_entropy
+
+
+def test_the_smoothing_exercise_checks_ignored_targets_as_pytorch_does():
+    logits, targets = torch.randn(4, 5), torch.tensor([1, -100, 3, -100])
+    torch.testing.assert_close(_smoothed(logits, targets, 0.2),
+                               F.cross_entropy(logits, targets, label_smoothing=0.2))
+    assert torch.isnan(F.cross_entropy(logits, torch.full((4,), -100), label_smoothing=0.2))
+    assert judge_answer("fast_training.smoothed_cross_entropy", _smoothed).status == PASSED
 
 
 def test_smoothing_exercise_names_each_usual_mistake():
-    assert judge_answer("fast_training.smoothed_cross_entropy", _smoothed).status == PASSED
+    name = "fast_training.smoothed_cross_entropy"
     for answer, message in [
-        (lambda l, t, s: _smoothed(l, t, s, "others"), "spreads the smoothing over the 9 wrong classes only"),
-        (lambda l, t, s: _smoothed(l, t, s) * len(t), "that is the sum over the batch"),
-        (lambda l, t, s: F.cross_entropy(l, t), "that is the plain cross-entropy"),
-        (lambda l, t, s: float(_smoothed(l, t, s)), "expected a tensor holding one number"),
+        (lambda l, t, s, ignore_index=-100: _smoothed(l, t, s, ignore_index, "others"),
+         "spreads the smoothing over the 3 wrong classes only"),
+        (lambda l, t, s, ignore_index=-100: _smoothed(l, t, s, ignore_index) * (t != ignore_index).sum(),
+         "That is the sum over the rows"),
+        (lambda l, t, s, ignore_index=-100: F.cross_entropy(l, t, ignore_index=ignore_index),
+         "That is the plain cross-entropy"),
+        (lambda l, t, s, ignore_index=-100: _smoothed(l, t, s, ignore_index, mean_over="all"),
+         "That divides by all 6 rows; the mean is over the 5 rows"),
+        (lambda l, t, s, ignore_index=-100: _smoothed(l, t, s, ignore_index=-100),
+         "The rows whose target is 2 (ignore_index) are counted"),
+        (lambda l, t, s, ignore_index=-100: _smoothed(l, t, s, ignore_index).nan_to_num(0.0),
+         "F.cross_entropy gives NaN (0 / 0), and so should yours"),
+        (lambda l, t, s, ignore_index=-100: _smoothed(l, t, s, ignore_index).reshape(1),
+         "Return a 0-dim tensor"),
+        (lambda l, t, s, ignore_index=-100: float(_smoothed(l, t, s, ignore_index)),
+         "expected a tensor, got float"),
+        (lambda l, t, s: _smoothed(l, t, s), "takes 3 positional arguments but 4 were given"),
     ]:
-        verdict = judge_answer("fast_training.smoothed_cross_entropy", answer)
+        verdict = judge_answer(name, answer)
         assert verdict.status == FAILED and message in verdict.message, verdict.message
 
 
-def _crops(images, padding, top, left, mode="reflect"):
+def _crops(images, padding, top, left, mode="reflect", swap_sizes=False):
     n, _, h, w = images.shape
+    if swap_sizes:  # the height taken for the width and back: right only on square images
+        h, w = w, h
     padded = F.pad(images, (padding,) * 4, mode=mode)
     rows = top[:, None] + torch.arange(h)
     cols = left[:, None] + torch.arange(w)
@@ -411,3 +487,22 @@ def test_crop_exercise_names_each_usual_mistake():
     ]:
         verdict = judge_answer("fast_training.crop_batch", answer)
         assert verdict.status == FAILED and message in verdict.message, verdict.message
+
+
+def test_the_crop_exercise_fails_an_answer_that_swaps_height_and_width():
+    square = torch.randn(2, 3, 5, 5), 1, torch.tensor([0, 2]), torch.tensor([1, 2])
+    assert torch.equal(_crops(*square, swap_sizes=True), _crops(*square))
+    verdict = judge_answer("fast_training.crop_batch",
+                           lambda i, p, t, l: _crops(i, p, t, l, swap_sizes=True))
+    assert verdict.status == FAILED, verdict.message
+    assert verdict.message.startswith("on 3 images of 2x6x9"), verdict.message
+
+
+def test_the_hints_point_to_the_idea_without_giving_the_answers_code():
+    from helpers.exercises import EXERCISES
+
+    for name, pieces_of_the_answer in [
+            ("fast_training.smoothed_cross_entropy", ["log_softmax(", ".mean()", "smoothing / ", "[keep]"]),
+            ("fast_training.crop_batch", ["torch.arange(", "[:, None]", "permute("])]:
+        hint = EXERCISES[name].hint
+        assert not [piece for piece in pieces_of_the_answer if piece in hint], hint

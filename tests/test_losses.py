@@ -82,12 +82,34 @@ def test_bce_equals_pytorch_on_all_probabilities_including_0_and_1(data, shape, 
 
 @PROPERTY
 @given(data=st.data(), shape=SHAPES, dtype=DTYPES, reduction=REDUCTIONS)
-def test_bce_gradient_equals_pytorch_inside_the_interval(data, shape, dtype, reduction):
-    # At p exactly 0 or 1 the gradient does not exist; PyTorch then substitutes a huge number.
-    probabilities = data.draw(arrays(dtype, shape, 1e-3, 1 - 1e-3))
+def test_bce_gradient_equals_pytorch_on_all_probabilities_including_0_and_1(data, shape, dtype, reduction):
+    probabilities = data.draw(arrays(dtype, shape, 0.0, 1.0))
     targets = data.draw(arrays(dtype, shape, 0.0, 1.0))
     assert_same_value_and_gradient(losses.binary_cross_entropy, F.binary_cross_entropy,
                                    probabilities, targets, reduction=reduction)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bce_gradient_at_p_0_and_1_is_pytorchs_not_nan(dtype):
+    # (p - y) / (p (1 - p)) is 0/0 or 1/0 there. PyTorch divides by max(p (1 - p), 1e-12): a
+    # right prediction (p = y) gets 0, a wrong one (p = 1 - y) a large finite push, +-1e12.
+    p = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=dtype)
+    y = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=dtype)
+    ours, theirs = p.clone().requires_grad_(True), p.clone().requires_grad_(True)
+    losses.binary_cross_entropy(ours, y, "sum").backward()
+    F.binary_cross_entropy(theirs, y, reduction="sum").backward()
+    assert torch.isfinite(ours.grad).all(), ours.grad
+    torch.testing.assert_close(ours.grad, theirs.grad)
+    torch.testing.assert_close(ours.grad, torch.tensor([0.0, -1e12, 1e12, 0.0], dtype=dtype))
+
+
+def test_bce_gradient_with_respect_to_the_targets_is_pytorchs():
+    p = torch.tensor([0.0, 1.0, 0.3, 0.9], dtype=torch.float64)
+    y = torch.tensor([0.5, 0.5, 0.2, 1.0], dtype=torch.float64)
+    ours, theirs = y.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    losses.binary_cross_entropy(p, ours).backward()
+    F.binary_cross_entropy(p, theirs).backward()
+    torch.testing.assert_close(ours.grad, theirs.grad)  # -logit(p) / N, infinite at 0 and 1
 
 
 def test_bce_is_the_articles_formula():
@@ -316,10 +338,17 @@ def test_nothing_warns():
 # --- The chapter's exercises: the helpers pass, typical wrong answers get precise messages -------
 
 
+def _cross_entropy_without_padding(logits, targets, ignore_index=-100):
+    # helpers.losses.cross_entropy has no ignore_index: leave those examples out first, as its
+    # error message says.
+    kept = targets != ignore_index
+    return losses.cross_entropy(logits[kept], targets[kept])
+
+
 @pytest.mark.parametrize("name, answer", [
     ("losses.mean_squared_error", losses.mean_squared_error),
     ("losses.log_softmax", losses.log_softmax),
-    ("losses.cross_entropy", losses.cross_entropy),
+    ("losses.cross_entropy", _cross_entropy_without_padding),
     ("losses.bce_with_logits", losses.binary_cross_entropy_with_logits),
 ])
 def test_the_helpers_pass_the_exercises(name, answer):
@@ -351,6 +380,23 @@ def _rows(log_p, targets):
     return log_p[torch.arange(len(targets)), targets]
 
 
+def _masked_cross_entropy(logits, targets, ignore_index=-100):
+    """Padding left out by multiplying with a mask: NaN when a left-out loss is inf or NaN."""
+    keep = targets != ignore_index
+    nll = -_rows(torch.log_softmax(logits, -1), targets.masked_fill(~keep, 0))
+    return (nll * keep).sum() / keep.sum()
+
+
+def _cross_entropy_over_n(logits, targets, ignore_index=-100):
+    kept = targets != ignore_index
+    return -_rows(torch.log_softmax(logits[kept], -1), targets[kept]).sum() / len(targets)
+
+
+def _cross_entropy_ignoring_minus_100(logits, targets, ignore_index=-100):
+    kept = targets != -100  # the argument is never used
+    return -_rows(torch.log_softmax(logits[kept], -1), targets[kept]).mean()
+
+
 WRONG_ANSWERS = [
     ("losses.mean_squared_error", lambda p, t: ((p - t) ** 2).sum(),
      "got tensor(1.5) of shape () (largest difference 1.12). That is the sum of the squared errors: "
@@ -362,6 +408,9 @@ WRONG_ANSWERS = [
      "That averages the differences without squaring them"),
     ("losses.mean_squared_error", lambda p, t: ((p - t) ** 2).mean(dim=0),
      "on a prediction and target of shape (4, 3), expected shape (), got shape (3,). The loss is one number"),
+    ("losses.mean_squared_error", lambda p, t: ((p - t) ** 2).sum() / len(p),  # the chapter's cell
+     "on a prediction and target of shape (4, 3), expected tensor(2.25588) of shape (), got tensor(6.76763) "
+     "of shape () (largest difference 4.51). That divides by len(prediction), the number of rows"),
     ("losses.log_softmax", lambda z: torch.softmax(z, -1).log(),
      "on the large logits [[1000.0, 0.0, -1000.0]], expected tensor([[0.0, -1000.0, -2000.0]]) of shape "
      "(1, 3), got tensor([[0.0, -inf, -inf]])"),
@@ -370,6 +419,11 @@ WRONG_ANSWERS = [
     ("losses.log_softmax", lambda z: z - z.exp().sum(0, keepdim=True).log(),
      "That normalises down the columns (dim=0)"),
     ("losses.log_softmax", lambda z: torch.softmax(z, -1), "That is the softmax itself"),
+    ("losses.log_softmax", lambda z: z - torch.logsumexp(z, dim=1, keepdim=True),  # as log_softmax_rows
+     "on logits of shape (2, 3, 4), expected a tensor of shape (2, 3, 4) and dtype torch.float32, got a "
+     "tensor of shape (2, 3, 4) and dtype torch.float32 (largest difference"),
+    ("losses.log_softmax", lambda z: z - torch.logsumexp(z, dim=1, keepdim=True),
+     "That normalises along dim=1, which is the last dimension only for 2-D logits"),
     ("losses.cross_entropy", lambda z, y: -torch.log_softmax(z, -1)[:, y].mean(),
      "log_p[:, targets] picks an N × N block"),
     ("losses.cross_entropy", lambda z, y: -_rows(torch.log_softmax(z, -1), y).sum(),
@@ -377,6 +431,19 @@ WRONG_ANSWERS = [
     ("losses.cross_entropy", lambda z, y: _rows(torch.log_softmax(z, -1), y).mean(), "The sign is wrong"),
     ("losses.cross_entropy", lambda z, y: -(torch.log_softmax(z, -1) * F.one_hot(y, z.shape[-1])).mean(),
      "That divides by N × C"),
+    ("losses.cross_entropy", lambda z, y: -_rows(torch.log_softmax(z, -1), y).mean(),  # no padding
+     "on a batch of 5 examples and 4 classes with targets [3, -100, 1, -100, 2] (two padding), the answer "
+     "raised IndexError: index -100 is out of bounds"),
+    ("losses.cross_entropy", _masked_cross_entropy,
+     "on targets [1, -100, 2] where the padding example's logits are [inf, 0.0, 0.0], the answer contains "
+     "NaN: tensor(nan) of shape (). A left-out example's loss is inf or NaN here, and multiplying it by a "
+     "mask of 0 still gives NaN (0 × inf): leave the examples out by indexing"),
+    ("losses.cross_entropy", _cross_entropy_over_n,
+     "That divides by all N examples, padding included: the mean is over the examples kept"),
+    ("losses.cross_entropy", _cross_entropy_ignoring_minus_100,
+     "on targets [0, 2, 0, 1] and ignore_index=0, expected tensor("),
+    ("losses.cross_entropy", _cross_entropy_ignoring_minus_100,
+     "The examples whose target equals ignore_index (here not -100) must be left out"),
     ("losses.cross_entropy", lambda z, y: -_rows(torch.softmax(z, -1), y).log().mean(),
      "on the large logits [[1000.0, 0.0, -1000.0], [0.0, 1000.0, -1000.0]] and targets [2, 1], expected "
      "tensor(1000.0) of shape (), got tensor(inf) of shape () (largest difference 1.8e+308). log(softmax(z)) "
@@ -393,9 +460,11 @@ WRONG_ANSWERS = [
     ("losses.bce_with_logits", lambda z, y: F.binary_cross_entropy_with_logits(z, y, reduction="sum"),
      "That is the sum over the batch"),
     ("losses.bce_with_logits", _where_bce_with_logits,
-     "the values are right, but on logits [-200.0, -3.0, 0.5, 200.0] and targets [1.0, 0.0, 1.0, 0.0] the "
-     "gradient with respect to the logits is [nan, 0.0119, -0.0944, nan], not (sigmoid(z) - y) / N = "
-     "[-0.25, 0.0119, -0.0944, 0.25]: torch.where(condition, a, b) sends the gradient through both branches"),
+     "the values are right, but on logits [-200.0, -3.0, 0.0, 0.0, 0.5, 200.0] and targets "
+     "[1.0, 0.0, 1.0, 0.0, 1.0, 0.0] the gradient with respect to the logits is "
+     "[nan, 0.0079, -0.0833, 0.0833, -0.0629, nan], not (sigmoid(z) - y) / N = "
+     "[-0.1667, 0.0079, -0.0833, 0.0833, -0.0629, 0.1667]: torch.where(condition, a, b) sends the "
+     "gradient through both branches"),
     ("losses.bce_with_logits", _detached_bce_with_logits,
      "the values are right, but the result is not connected to the logits' graph"),
 ]
@@ -409,13 +478,43 @@ def test_a_typical_wrong_answer_is_told_what_to_change(name, answer, message):
     assert message in verdict.message, verdict.message
 
 
-def test_the_textbook_stable_bce_passes_away_from_zero():
-    # max(z, 0) - z y + log(1 + exp(-|z|)) is a correct answer: the check never evaluates its
-    # gradient at z = 0 exactly, where autograd's subgradient choice makes it off.
-    def textbook(logits, targets):
-        return (logits.clamp(min=0) - logits * targets + torch.log1p(torch.exp(-logits.abs()))).mean()
+def _textbook_bce_with_logits(logits, targets):
+    return (logits.clamp(min=0) - logits * targets + torch.log1p(torch.exp(-logits.abs()))).mean()
 
-    assert judge_answer("losses.bce_with_logits", textbook).status == PASSED
+
+def _clamped_branches_bce_with_logits(logits, targets):
+    # Each branch's logits clamped to its sign: finite, but the clamps' slope at 0 is 0.
+    z_pos, z_neg = logits.clamp(min=0), logits.clamp(max=0)
+    positive = (1 - targets) * z_pos + torch.log(1 + torch.exp(-z_pos))
+    negative = -targets * z_neg + torch.log(1 + torch.exp(z_neg))
+    return torch.where(logits >= 0, positive, negative).mean()
+
+
+@pytest.mark.parametrize("answer", [_textbook_bce_with_logits, _clamped_branches_bce_with_logits])
+def test_a_bce_whose_gradient_is_wrong_only_at_zero_fails_and_is_told_so(answer):
+    # Both have the right values everywhere and the right gradient away from z = 0; at 0 exactly
+    # autograd takes a slope of 0 or 1 for the kink of clamp and abs, and the gradient is wrong
+    # (the right one is sigmoid(0) - y = -0.5 or 0.5, divided by N).
+    z = torch.zeros(2, requires_grad=True)
+    answer(z, torch.tensor([1.0, 0.0])).backward()
+    assert not torch.allclose(z.grad, torch.tensor([-0.25, 0.25]))
+    verdict = judge_answer("losses.bce_with_logits", answer)
+    assert verdict.status == FAILED
+    assert verdict.message.endswith(": the gradient is wrong only at z = 0 exactly, where clamp, max and "
+                                    "abs have a kink and autograd takes a slope of 0 or 1 for it; choose a "
+                                    "branch's input with torch.where instead, or use the chapter's "
+                                    "log-sum-exp form, whose shift m is a constant"), verdict.message
+
+
+def test_the_branches_chosen_with_torch_where_pass():
+    def where_branches(logits, targets):  # the chapter's reference solution
+        nonnegative = logits >= 0
+        z_pos, z_neg = torch.where(nonnegative, logits, 0.0), torch.where(nonnegative, 0.0, logits)
+        positive = (1 - targets) * z_pos + torch.log(1 + torch.exp(-z_pos))
+        negative = -targets * z_neg + torch.log(1 + torch.exp(z_neg))
+        return torch.where(nonnegative, positive, negative).mean()
+
+    assert judge_answer("losses.bce_with_logits", where_branches).status == PASSED
 
 
 def test_the_starter_code_is_not_done_yet_with_a_hint():
@@ -424,4 +523,4 @@ def test_the_starter_code_is_not_done_yet_with_a_hint():
 
     verdict = judge_answer("losses.bce_with_logits", starter)
     assert verdict.status == NOT_DONE
-    assert "Hint: never form sigmoid(z)" in verdict.message
+    assert "Hint: the backward pass of torch.where reaches both branches" in verdict.message

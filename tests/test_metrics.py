@@ -110,6 +110,14 @@ def test_classification_report_lists_every_class_and_the_averages():
     assert lines[-1].split() == ["macro", "average", "0.583", "0.583", "0.574", "10"]
 
 
+@pytest.mark.parametrize("classes", [["cat", "dog", "frog"], ["a", "b", "a class name this long"]])
+def test_classification_report_columns_line_up(classes):
+    lines = classification_report(torch.tensor(CONFUSION), classes).splitlines()
+    filled = [line for line in lines if line]
+    assert len({len(line) for line in filled}) == 1, lines  # "macro average" is 13 characters
+    assert lines[0].index("F1") == lines[-1].index("0.574") + 3  # numbers end under their heading
+
+
 # --- Properties, against brute force -------------------------------------------------------------------
 
 

@@ -405,15 +405,32 @@ def test_adam_exercise_names_eps_inside_the_root_and_passes_the_helpers_adam():
 
     assert "eps is inside the square root" in judge_answer("optimizers.adam_step", eps_inside).message
 
-    def with_helpers(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+    def with_helpers(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                     weight_decay=0.0):
         p = param.clone().requires_grad_()
         p.grad = grad.clone()
-        optimizer = Adam([p], lr=lr, betas=betas, eps=eps)
+        optimizer = Adam([p], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         optimizer.state[p] = {"step": step - 1, "exp_avg": exp_avg.clone(), "exp_avg_sq": exp_avg_sq.clone()}
         optimizer.step()
         return p.detach(), optimizer.state[p]["exp_avg"], optimizer.state[p]["exp_avg_sq"]
 
     assert judge_answer("optimizers.adam_step", with_helpers).status == PASSED
+
+
+def test_adam_exercise_names_decoupled_decay_where_adam_has_an_l2_penalty():
+    def adamw_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                   weight_decay=0.0):
+        b1, b2 = betas
+        param = param * (1 - lr * weight_decay)  # AdamW's decay
+        m, v = b1 * exp_avg + (1 - b1) * grad, b2 * exp_avg_sq + (1 - b2) * grad**2
+        return param - lr * (m / (1 - b1**step)) / ((v / (1 - b2**step)).sqrt() + eps), m, v
+
+    verdict = judge_answer("optimizers.adam_step", adamw_step)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("on step=3, lr=0.1, weight_decay=0.5, item 0: expected tensor(")
+    assert verdict.message.endswith(". That is AdamW's decoupled decay: torch.optim.Adam's weight_decay is an "
+                                    "L2 penalty, added to the gradient (grad + weight_decay * param) before "
+                                    "the averages.")
 
 
 def test_adam_exercise_reports_a_crash_and_a_wrong_return():

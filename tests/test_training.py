@@ -94,10 +94,12 @@ def test_train_one_epoch_learns_and_evaluate_changes_nothing(standin):
     assert result["samples"] == 192 and set(result) == {"loss", "accuracy", "samples"}
     model.eval()  # evaluate puts the mode back as it found it
     weights = {k: v.clone() for k, v in model.state_dict().items()}
+    gradients = {name: p.grad.clone() for name, p in model.named_parameters()}  # of the last step
+    assert all(g.abs().sum() > 0 for g in gradients.values())
     after = evaluate(model, val_loader, nn.CrossEntropyLoss(), CPU)
     assert not model.training
     _assert_same_state(weights, model.state_dict())
-    assert all(p.grad is None or p.grad.abs().sum() > 0 for p in model.parameters())
+    _assert_same_state(gradients, {name: p.grad for name, p in model.named_parameters()})
     assert after["loss"] < before["loss"] and after["accuracy"] > 0.3  # chance is 0.1
     # The evaluation loss is the mean over samples, not over batches.
     inputs = torch.stack([x for x, _ in validation])
@@ -106,6 +108,18 @@ def test_train_one_epoch_learns_and_evaluate_changes_nothing(standin):
         whole = nn.functional.cross_entropy(model(inputs), targets).item()
     assert math.isclose(after["loss"], whole, rel_tol=1e-5)
     assert after["accuracy"] == count_correct(model(inputs), targets).item() / 64
+
+
+def test_train_one_epoch_trains_in_training_mode_whatever_mode_it_finds():
+    # A model left in eval mode (by an evaluation, say) must be switched back: dropout on.
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+    model.eval()
+    modes = []
+    model[1].register_forward_hook(lambda module, args, output: modes.append(module.training))
+    loader = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,))), batch_size=4)
+    train_one_epoch(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), CPU,
+                    progress=False)
+    assert modes == [True, True] and model.training
 
 
 def test_evaluate_records_no_graph_and_restores_training_mode(standin):
@@ -165,6 +179,21 @@ def test_resuming_with_loader_workers_and_a_loader_generator(standin, tmp_path):
 def test_resume_without_a_checkpoint_yet_starts_from_scratch(standin, tmp_path):
     _, _, history = _run(standin, epochs=1, checkpoint=tmp_path / "new.pt", resume=True)
     assert history["epoch"] == [1] and (tmp_path / "new.pt").exists()
+
+
+def test_a_new_run_refuses_to_overwrite_a_checkpoint_unless_told(standin, tmp_path):
+    checkpoint = tmp_path / "last.pt"
+    _run(standin, epochs=1, checkpoint=checkpoint)
+    before = checkpoint.read_bytes()
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(checkpoint))} exists already, .*resume=True .*"
+                                              rf"another checkpoint_path .*overwrite=True"):
+        _run(standin, epochs=2, checkpoint=checkpoint)
+    assert checkpoint.read_bytes() == before
+    train, _ = standin
+    model = SmallCNN()
+    fit(model, make_loader(train, 64, shuffle=True, num_workers=0), None, nn.CrossEntropyLoss(),
+        torch.optim.Adam(model.parameters()), CPU, 2, checkpoint_path=checkpoint, overwrite=True, verbose=False)
+    assert load_checkpoint(checkpoint, restore_rng=False)["epoch"] == 2
 
 
 def test_fit_argument_errors(standin):
@@ -242,18 +271,55 @@ def test_a_crash_while_saving_keeps_the_last_good_checkpoint(saved, monkeypatch)
     assert load_checkpoint(path, restore_rng=False)["epoch"] == 4
 
 
+def _write_zip(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes/readme.txt", "not a checkpoint")
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "is not a PyTorch checkpoint: it is not the zip"),
     (lambda p: p.write_text("epoch 3, loss 1.2"), "is not a PyTorch checkpoint"),
     (lambda p: torch.save(SmallCNN().state_dict(), p), "holds an OrderedDict with keys conv1.weight.*bare state_dict"),
     (lambda p: torch.save({"epoch": 3, "weights": [1, 2]}, p), "not a checkpoint written by helpers.training.save_checkpoint"),
-    (lambda p: torch.save({"f": re.compile("x")}, p), "weights_only loading refuses"),
+    (lambda p: torch.save({"f": re.compile("x")}, p),
+     "weights_only loading refuses.*: Unsupported global: GLOBAL re._compile was not an allowed global"),
+    (_write_zip, "is a zip archive but not a PyTorch checkpoint: it lacks the data.pkl"),
 ])
 def test_a_truncated_or_foreign_file_gets_a_clear_error(saved, damage, message):
     path = saved[0]
     damage(path)
-    with pytest.raises(CheckpointError, match=message):
+    with pytest.raises(CheckpointError, match=message) as error:
         load_checkpoint(path, SmallCNN())
+    assert "\x1b" not in str(error.value) and "two options" not in str(error.value)  # torch's advice, cut
+
+
+@pytest.mark.parametrize("other", [torch.optim.SGD, torch.optim.AdamW])
+def test_a_checkpoint_of_another_optimizer_is_refused_before_anything_is_restored(saved, other):
+    # Adam's state loads into SGD or AdamW without complaint: SGD fails later on 'momentum', and
+    # AdamW silently takes Adam's weight_decay of 0.
+    path = saved[0]
+    model = SmallCNN()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = other(model.parameters(), lr=0.1)
+    name = other.__name__
+    with pytest.raises(CheckpointError, match=rf"holds the state of an Adam optimizer, but it is being loaded "
+                                              rf"into an? {name}: to resume from it, create an Adam optimizer"):
+        load_checkpoint(path, model, optimizer, restore_rng=False)
+    _assert_same_state(weights, model.state_dict())  # untouched
+    assert load_checkpoint(path, model, restore_rng=False)["optimizer_class"] == "Adam"  # weights alone: fine
+
+
+def test_a_checkpoint_of_another_scheduler_is_refused(tmp_path):
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(tmp_path / "s.pt", model, optimizer, 1,
+                    scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=1))
+    other = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)
+    with pytest.raises(CheckpointError, match="holds the state of a StepLR scheduler, but it is being loaded "
+                                              "into an ExponentialLR"):
+        load_checkpoint(tmp_path / "s.pt", model, optimizer, scheduler=other, restore_rng=False)
 
 
 def test_a_checkpoint_for_another_model_or_a_missing_file(saved, tmp_path):
@@ -334,8 +400,8 @@ def test_an_executed_notebook_stores_the_summaries_not_a_widget(monkeypatch):
         bar, results = output.data["text/plain"].splitlines()
         assert re.fullmatch(rf"epoch {epoch}/2: 100%\|█+\| 4/4 \[\d\d:\d\d<00:00, .*batch.*\]", bar), bar
         assert results.startswith("  train loss ") and "| validation loss " in results
-    # verbose=False: the bar is wiped when the epoch ends.
-    assert [o.data["text/plain"] for o in notebook.cells[1].outputs] == [""]
+    # verbose=False: nothing at all, not even an emptied bar.
+    assert notebook.cells[1].outputs == []
 
 
 def test_plot_history_draws_four_curves():
@@ -345,6 +411,15 @@ def test_plot_history_draws_four_curves():
                "val_loss": [1.8, 1.6], "val_accuracy": [0.35, 0.45], "seconds": [1.0, 1.0]}
     figure = plot_history(history)
     assert [len(ax.lines) for ax in figure.axes] == [2, 2]
+    plt.close(figure)
+    # Accuracy ticks every 2.5 points: each label reads its own value (0.425 is 42.5%, not 42%).
+    figure = plot_history({**history, "train_accuracy": [0.3, 0.5], "val_accuracy": [0.35, 0.45]})
+    figure.canvas.draw()
+    ax = figure.axes[1]
+    ticks = [(value, label.get_text()) for value, label in zip(ax.get_yticks(), ax.get_yticklabels())]
+    assert any(label.endswith(".5%") for _, label in ticks), ticks
+    for value, label in ticks:
+        assert label.endswith("%") and float(label[:-1]) == pytest.approx(100 * value), ticks
     plt.close(figure)
     with pytest.raises(ValueError, match="no epochs"):
         plot_history(training.empty_history())
@@ -374,7 +449,23 @@ def test_mean_loss_exercise_names_each_usual_mistake():
         assert verdict.status == FAILED and message in verdict.message, verdict.message
 
 
-def test_conv_output_size_exercise_catches_a_forgotten_padding():
-    verdict = judge_answer("training.conv_output_size", lambda size, kernel_size, stride=1, padding=0:
+def test_conv_output_size_exercise_catches_a_forgotten_padding_or_dilation():
+    def size_for(kernel_span):
+        def answer(size, kernel_size, stride=1, padding=0, dilation=1):
+            return (size + 2 * padding - kernel_span(kernel_size, dilation)) // stride + 1
+        return answer
+
+    assert judge_answer("training.conv_output_size", size_for(lambda k, d: d * (k - 1) + 1)).status == PASSED
+    verdict = judge_answer("training.conv_output_size", lambda size, kernel_size, stride=1, padding=0, dilation=1:
                            (size - kernel_size) // stride + 1)
     assert verdict.message.startswith("on size 32, kernel 3, padding 1, expected 32, got 30")
+    verdict = judge_answer("training.conv_output_size", size_for(lambda k, d: k))
+    assert verdict.message.startswith("on size 32, kernel 3, dilation 2, expected 28, got 30. That is the size "
+                                      "without dilation"), verdict.message
+    verdict = judge_answer("training.conv_output_size", size_for(lambda k, d: d * k))
+    assert verdict.message.startswith("on size 32, kernel 3, dilation 2, expected 28, got 27. That takes the "
+                                      "kernel to cover dilation * kernel_size pixels"), verdict.message
+    verdict = judge_answer("training.conv_output_size", lambda size, kernel_size, stride=1, padding=0:
+                           (size + 2 * padding - kernel_size) // stride + 1)  # the chapter's output_side
+    assert verdict.message.startswith("on size 32, kernel 3, dilation 2, the answer raised TypeError"), verdict.message
+    assert "unexpected keyword argument 'dilation'" in verdict.message
