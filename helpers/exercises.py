@@ -147,8 +147,12 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
 
 
 def _where_it_raised(error: BaseException) -> str:
+    """The line of the learner's code where ``error`` came from: the innermost frame of the
+    traceback outside the course and the libraries (an error raised inside PyTorch is shown at the
+    learner's line that called it), else the innermost frame."""
     frames = traceback.extract_tb(error.__traceback__)
-    last = frames[-1] if frames else None
+    own = [frame for frame in frames if not _in_course_or_library(frame.filename)]
+    last = (own or frames or [None])[-1]
     return f" (line {last.lineno}: `{last.line}`)" if last is not None and last.line else ""
 
 
@@ -184,6 +188,18 @@ def _check_error_message(error: BaseException) -> str:
             f"or as an issue on the course's repository.")
 
 
+def _is_unfinished(error: NotImplementedError) -> bool:
+    """Whether the answer itself raised ``error`` (starter code: ``raise NotImplementedError``),
+    rather than something it called, such as an operation PyTorch lacks on this device."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return True
+    last = frames[-1]  # where it was raised; an operation in C++ shows as the line that called it
+    if _in_course_or_library(last.filename):
+        return False
+    return not last.line or last.line.lstrip().startswith("raise")  # no source: benefit of doubt
+
+
 def call_answer(answer: Callable, label: str, *args, **kwargs):
     """``answer(*args, **kwargs)``; if it raises, the check fails with a message naming ``label``.
 
@@ -192,8 +208,11 @@ def call_answer(answer: Callable, label: str, *args, **kwargs):
     """
     try:
         return answer(*args, **kwargs)
-    except NotImplementedError:
-        raise
+    except NotImplementedError as error:
+        if _is_unfinished(error):
+            raise
+        raise _AnswerFailed(f"on {label}, the answer raised NotImplementedError: {error}"
+                            f"{_where_it_raised(error)}") from error
     except Exception as error:  # the learner's bug, reported rather than raised
         raise _AnswerFailed(f"on {label}, the answer raised {type(error).__name__}: {error}"
                             f"{_where_it_raised(error)}") from error
@@ -293,12 +312,12 @@ def judge_answer(name: str, answer: Callable) -> Verdict:
                 verdict = Verdict(name, PASSED, "passed") if failure is None else Verdict(name, FAILED, failure)
             else:
                 verdict = _judge_cases(exercise, answer)
-        except NotImplementedError:
-            verdict = Verdict(name, NOT_DONE, f"not done yet. Hint: {exercise.hint}")
         except _AnswerFailed as failure:
             verdict = Verdict(name, FAILED, str(failure))
         except Exception as error:
-            if _raised_in_answer(error):  # a judge that runs the answer saw it raise
+            if isinstance(error, NotImplementedError) and _is_unfinished(error):  # starter code
+                verdict = Verdict(name, NOT_DONE, f"not done yet. Hint: {exercise.hint}")
+            elif _raised_in_answer(error):  # a judge that runs the answer saw it raise
                 verdict = Verdict(name, FAILED, f"the answer raised {type(error).__name__}: {error}"
                                   f"{_where_it_raised(error)}")
             else:  # the check's own code failed: never blame the learner for it

@@ -63,6 +63,29 @@ def test_starter_code_is_not_done_yet_with_the_hint():
     assert "Hint: the leaves are the AccumulateGrad nodes" in verdict.message
 
 
+def test_a_not_implemented_error_from_pytorch_is_a_crash_not_starter_code():
+    # An operation PyTorch lacks (here a Module without forward) raises NotImplementedError too;
+    # that is the answer's bug, shown at the learner's line, not "not done yet".
+    def calls_a_missing_forward(t):
+        return torch.nn.Module()(t)
+
+    verdict = judge_answer("dynamic_graph.count_leaves", calls_a_missing_forward)
+    assert verdict.status == FAILED
+    assert "the answer raised NotImplementedError" in verdict.message
+    assert "`return torch.nn.Module()(t)`" in verdict.message
+    # Through call_answer (a judge that calls the answer itself), the same.
+    verdict = judge_answer("losses.log_softmax", lambda z: torch.nn.Module()(z))
+    assert verdict.status == FAILED and "raised NotImplementedError" in verdict.message
+
+
+def test_a_bare_raise_not_implemented_error_is_still_not_done():
+    def starter(t):
+        raise NotImplementedError
+
+    assert judge_answer("dynamic_graph.count_leaves", starter).status == NOT_DONE
+    assert judge_answer("losses.log_softmax", starter).status == NOT_DONE
+
+
 def test_not_a_function_and_unknown_exercise():
     assert judge_answer("dynamic_graph.count_nodes", 5).message == "expected a function, got int"
     with pytest.raises(KeyError, match="there is no exercise 'nope'"):
