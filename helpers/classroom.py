@@ -416,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     grading = sub.add_parser("grade", help="run submitted notebooks and report their checks")
     grading.add_argument("submissions", type=Path, help="a folder of .ipynb files (searched recursively)")
     grading.add_argument("--report", type=Path, required=True, help="the folder to write the report into")
-    grading.add_argument("--timeout", type=float, default=600,
-                         help="seconds allowed per cell (default 600); a longer cell is interrupted")
+    grading.add_argument("--timeout", type=int, default=600,
+                         help="whole seconds allowed per cell (default 600); a longer cell is interrupted")
     grading.add_argument("--full", action="store_true", help="run the notebooks in full mode, not quick mode")
     table = sub.add_parser("exercise-table", help="print the instructor guide's table of exercises")
     table.add_argument("--write", action="store_true", help=f"write it into {GUIDE}")

@@ -98,9 +98,9 @@ def _check_image_folder(root: Path, hint: str) -> None:
         for name in CLASSES:
             folder = root / split / name
             files = [entry.name for entry in os.scandir(folder) if entry.is_file()]
-            images = sorted(name for name in files if _is_image_file(name))
+            images = sorted(file_name for file_name in files if _is_image_file(file_name))
             if not images:
-                others = sorted({Path(name).suffix.lower() or name for name in files})
+                others = sorted({Path(file_name).suffix.lower() or file_name for file_name in files})
                 found = f"it holds only {', '.join(others)} files" if others else "it holds no files"
                 raise DataSourceError(f"{folder} ({hint}) holds no .png, .jpg or .jpeg images ({found}): "
                                       f"only those files are read. Copy CIFAR-10's images there again, "

@@ -149,11 +149,15 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
 def _where_it_raised(error: BaseException) -> str:
     """The line of the learner's code where ``error`` came from: the innermost frame of the
     traceback outside the course and the libraries (an error raised inside PyTorch is shown at the
-    learner's line that called it), else the innermost frame."""
+    learner's line that called it). With no such frame the call itself failed, and a TypeError
+    there is a function whose parameters are not the ones the exercise asks for."""
     frames = traceback.extract_tb(error.__traceback__)
     own = [frame for frame in frames if not _in_course_or_library(frame.filename)]
-    last = (own or frames or [None])[-1]
-    return f" (line {last.lineno}: `{last.line}`)" if last is not None and last.line else ""
+    if own:
+        return f" (line {own[-1].lineno}: `{own[-1].line}`)" if own[-1].line else ""
+    if isinstance(error, TypeError):
+        return " (when the check called it: compare its parameters with the exercise's)"
+    return ""
 
 
 class _AnswerFailed(Exception):
@@ -208,14 +212,19 @@ def call_answer(answer: Callable, label: str, *args, **kwargs):
     """
     try:
         return answer(*args, **kwargs)
-    except NotImplementedError as error:
-        if _is_unfinished(error):
-            raise
-        raise _AnswerFailed(f"on {label}, the answer raised NotImplementedError: {error}"
-                            f"{_where_it_raised(error)}") from error
     except Exception as error:  # the learner's bug, reported rather than raised
-        raise _AnswerFailed(f"on {label}, the answer raised {type(error).__name__}: {error}"
-                            f"{_where_it_raised(error)}") from error
+        if isinstance(error, NotImplementedError) and _is_unfinished(error):
+            raise
+        raise _AnswerFailed(f"on {label}, the answer raised {_described(error)}") from error
+
+
+def _described(error: BaseException, limit: int = 300) -> str:
+    """``Type: message (line ...)``, the message cut to its first line (PyTorch's can run to pages)."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    if len(message) > limit or len(lines) > 1:
+        message = message[:limit].rstrip() + " ..."
+    return f"{type(error).__name__}: {message}{_where_it_raised(error)}"
 
 
 def _fresh(value: Any) -> Any:
@@ -242,7 +251,10 @@ def first_failure(answer: Callable, cases: list[Case], expected: Callable,
         try:
             compare(got, want, atol, rtol)
         except _Mismatch as mismatch:
-            explanation = explain(got, want, *case.args, **case.kwargs) if explain else ""
+            try:
+                explanation = explain(got, want, *case.args, **case.kwargs) if explain else ""
+            except Exception:  # a mistake-finder that cannot read this answer explains nothing
+                explanation = ""
             return f"on {case.label}, {mismatch}" + (f". {explanation}" if explanation else "")
     return None
 
@@ -318,8 +330,7 @@ def judge_answer(name: str, answer: Callable) -> Verdict:
             if isinstance(error, NotImplementedError) and _is_unfinished(error):  # starter code
                 verdict = Verdict(name, NOT_DONE, f"not done yet. Hint: {exercise.hint}")
             elif _raised_in_answer(error):  # a judge that runs the answer saw it raise
-                verdict = Verdict(name, FAILED, f"the answer raised {type(error).__name__}: {error}"
-                                  f"{_where_it_raised(error)}")
+                verdict = Verdict(name, FAILED, f"the answer raised {_described(error)}")
             else:  # the check's own code failed: never blame the learner for it
                 verdict = Verdict(name, CHECK_ERROR, _check_error_message(error))
     return verdict
@@ -668,12 +679,14 @@ def _torch_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9
 
 
 def _adam_variant(bias_correct_m=True, bias_correct_v=True, eps_inside_sqrt=False,
-                  decoupled_decay=False):
+                  decoupled_decay=False, ignore_decay=False):
     """Adam written with one of the usual slips, to recognise it in an answer."""
     def step_(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
               weight_decay=0.0):
         beta1, beta2 = betas
-        if decoupled_decay:  # AdamW's decay, where torch.optim.Adam adds an L2 penalty
+        if ignore_decay:
+            pass
+        elif decoupled_decay:  # AdamW's decay, where torch.optim.Adam adds an L2 penalty
             param = param * (1 - lr * weight_decay)
         else:
             grad = grad + weight_decay * param
@@ -717,6 +730,9 @@ _ADAM_SLIPS = [
     (_adam_variant(decoupled_decay=True),
      "That is AdamW's decoupled decay: torch.optim.Adam's weight_decay is an L2 penalty, "
      "added to the gradient (grad + weight_decay * param) before the averages."),
+    (_adam_variant(ignore_decay=True),
+     "weight_decay is ignored: torch.optim.Adam adds weight_decay * param to the gradient "
+     "before the averages."),
 ]
 
 
@@ -1317,10 +1333,11 @@ def _fast_crop_mistake(got: Any, want: torch.Tensor, images, padding, top, left)
     zero_padded = F.pad(images, (padding,) * 4)
     with_zeros = torch.stack([zero_padded[i, :, t:t + h, l:l + w]
                               for i, (t, l) in enumerate(zip(top.tolist(), left.tolist()))])
-    if torch.allclose(got, with_zeros):
+    got = got.double()  # an answer in another dtype is still compared, not a crash of the check
+    if torch.allclose(got, with_zeros.double()):
         return ("The pixels from the padding are zeros: pad by mirroring the border, "
                 "F.pad(images, (p, p, p, p), mode='reflect').")
-    if torch.allclose(got, _fast_true_crop(images, padding, left, top)):
+    if torch.allclose(got, _fast_true_crop(images, padding, left, top).double()):
         return ("The crops are shifted the wrong way: top[i] moves the window down (rows, dimension 2), "
                 "left[i] moves it right (columns, dimension 3).")
     return ""

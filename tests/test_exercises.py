@@ -303,3 +303,67 @@ def test_files_of_the_course_and_of_libraries_are_told_from_the_learners():
     assert exercises._in_course_or_library(json.__file__)
     assert not exercises._in_course_or_library("/tmp/ipykernel_123/456.py")  # a notebook's cell
     assert not exercises._in_course_or_library(__file__)
+
+
+def test_a_function_with_the_wrong_parameters_is_told_to_compare_them():
+    # The call itself fails inside the check: no line of the learner's to show, and not a
+    # line of the course's either.
+    def conv_without_dilation(size, kernel_size, stride=1, padding=0):
+        return (size + 2 * padding - kernel_size) // stride + 1
+
+    verdict = judge_answer("training.conv_output_size", conv_without_dilation)
+    assert verdict.status == FAILED
+    assert "unexpected keyword argument 'dilation'" in verdict.message
+    assert verdict.message.endswith("(when the check called it: compare its parameters with the exercise's)")
+    assert "exercises.py" not in verdict.message and "line " not in verdict.message
+
+
+def test_an_adam_step_that_ignores_weight_decay_is_told_so():
+    def adam_without_decay(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999),
+                           eps=1e-8, weight_decay=0.0):
+        beta1, beta2 = betas
+        m = beta1 * exp_avg + (1 - beta1) * grad
+        v = beta2 * exp_avg_sq + (1 - beta2) * grad**2
+        m_hat, v_hat = m / (1 - beta1**step), v / (1 - beta2**step)
+        return param - lr * m_hat / (v_hat.sqrt() + eps), m, v
+
+    verdict = judge_answer("optimizers.adam_step", adam_without_decay)
+    assert verdict.status == FAILED
+    assert verdict.message.endswith("weight_decay is ignored: torch.optim.Adam adds weight_decay * param "
+                                    "to the gradient before the averages.")
+
+
+def test_a_judge_that_crashes_in_course_code_is_a_check_error_even_after_calling_the_answer(monkeypatch):
+    # Here the judge stands for course code: only the answer's cell counts as the learner's.
+    answer_file = "/tmp/ipykernel_1/answer.py"
+    namespace = {}
+    exec(compile("def answer(x):\n    return x * x\n", answer_file, "exec"), namespace)
+    monkeypatch.setattr(exercises, "_in_course_or_library", lambda filename: filename != answer_file)
+
+    def judge(answer):
+        answer(3)  # the answer ran fine
+        return 1 / 0  # then the check's own bug
+
+    verdict = judge_answer(_register_judge(monkeypatch, judge), namespace["answer"])
+    assert verdict.status == CHECK_ERROR, verdict.message
+
+
+def test_a_wrong_crop_in_another_dtype_is_failed_not_a_check_error():
+    from helpers.fast import crop_at
+
+    for dtype in (torch.float64, torch.float16):
+        def shifted_wrong_way(images, padding, top, left):
+            return crop_at(images, padding, left, top).to(dtype)
+
+        verdict = judge_answer("fast_training.crop_batch", shifted_wrong_way)
+        assert verdict.status == FAILED, verdict.message
+
+
+def test_a_long_error_message_is_cut_to_its_first_line():
+    def raises_a_long_message(t):
+        raise ValueError("first line " + "x" * 1000 + "\nsecond line")
+
+    verdict = judge_answer("dynamic_graph.count_nodes", raises_a_long_message)
+    assert verdict.status == FAILED
+    assert "\n" not in verdict.message and verdict.message.count("x") <= 300
+    assert "`raise ValueError(" in verdict.message  # the learner's line is still named
