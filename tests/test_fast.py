@@ -376,6 +376,29 @@ def test_profile_steps_on_the_cpu(tiny):
     assert report.messages == ""  # the profiler's routine notices are left out
 
 
+def test_the_profilers_clears_events_notice_is_left_out(tiny, monkeypatch):
+    # torch 2.11 (the GPU machine's) warns so at every profile; torch 2.14 does not, so the
+    # warning is made here, where the profiler starts.
+    import torch.profiler
+
+    enter = torch.profiler.profile.__enter__
+
+    def enter_with_notice(self):
+        warnings.warn("Warning: Profiler clears events at the end of each cycle.", UserWarning)
+        return enter(self)
+
+    monkeypatch.setattr(torch.profiler.profile, "__enter__", enter_with_notice)
+    train_x, train_y, _, _ = tiny
+    model = SmallCNN()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # shown on sys.stderr, as outside pytest
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: (
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line)))
+        report = profile_steps(model, DeviceLoader(train_x, train_y, 32, shuffle=True), nn.CrossEntropyLoss(),
+                               torch.optim.SGD(model.parameters(), lr=0.01), CPU, steps=2, top=2)
+    assert report.messages == ""
+
+
 def test_only_the_profilers_routine_notices_are_left_out():
     text = ("USDT:2026-11-28 18:39:28 8164:8164 SyncActivityProfilerHandler.cpp:39] profiler_start\n"
             "a real warning\n"
