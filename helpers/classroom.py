@@ -39,6 +39,7 @@ from pathlib import Path
 import nbformat
 
 from helpers.exercises import CHECK_ERROR, EXERCISES, FAILED, GRADING_LOG_ENV, NOT_DONE, PASSED
+from helpers.notebooks import QUIET_KERNEL
 from helpers.runtime import QUICK_ENV
 
 SOLUTION_TAG = "solution"
@@ -230,9 +231,7 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
             error_on_timeout={"ename": _TIMEOUT_ERROR, "evalue": f"interrupted after {timeout:g} s",
                               "traceback": []},
             on_cell_execute=starting, on_cell_executed=finished, shutdown_kernel="immediate",
-            # The kernel's warning that it listens on localhost over unencrypted TCP would be
-            # printed for every submission; its errors still are.
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            extra_arguments=QUIET_KERNEL,
             resources={"metadata": {"path": workdir}}, log=quiet)
         outcome = []
         try:

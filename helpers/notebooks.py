@@ -68,6 +68,11 @@ def problems(nb) -> list[str]:
     return found
 
 
+# For every kernel the course starts: its warning that it listens on localhost over unencrypted
+# TCP is not news; its errors are still printed.
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
+
+
 def execute(path: Path, timeout: int = 1800, out: Path | None = None) -> dict:
     """Execute the notebook at ``path`` and stamp it; returns the stamp.
 
@@ -84,10 +89,8 @@ def execute(path: Path, timeout: int = 1800, out: Path | None = None) -> dict:
     # One extra cell, run last in the same kernel, reports the facts of the run; it is removed
     # before the notebook is written.
     nb.cells.append(nbformat.v4.new_code_cell(_FACTS_CODE))
-    # The kernel's warning that it listens on localhost over unencrypted TCP is not news; its
-    # errors are still printed.
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                            extra_arguments=QUIET_KERNEL,
                             resources={"metadata": {"path": str(path.parent)}})
     previous = os.environ.get(EXECUTING_ENV)
     os.environ[EXECUTING_ENV] = "1"  # the kernel inherits the environment

@@ -529,9 +529,9 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
         history, first_epoch = state["history"], state["epoch"] + 1
         if verbose:
             print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
+    # progress=True or False decides; by default a live bar where one can be drawn, none when quiet.
+    live = progress if progress is not None else (None if verbose else False)
     for epoch in range(first_epoch, epochs + 1):
-        # progress=True or False decides; by default a live bar where one can be drawn, none when quiet.
-        live = progress if progress is not None else (None if verbose else False)
         bar = ProgressBar(_total_batches(train_loader), f"epoch {epoch:>{len(str(epochs))}}/{epochs}", live=live)
         with Timer(device) as epoch_time:
             train = train_one_epoch(model, train_loader, loss_fn, optimizer, device, progress=bar,
