@@ -3,20 +3,23 @@
 Introduced in the page "Instructor guide" (book/instructor_guide.md); an instructor's tool:
 
     python -m helpers.classroom student-edition OUTDIR [NOTEBOOK ...]
-    python -m helpers.classroom grade SUBMISSIONS --report OUTDIR [--timeout 600] [--full]
+    python -m helpers.classroom grade SUBMISSIONS --report OUTDIR [--timeout 120] [--full]
     python -m helpers.classroom exercise-table [--write]
 
 The book is the instructor edition. In a student edition each solution cell (tagged
 ``solution``; it holds only function definitions with docstrings) becomes starter code: the same
 signatures and docstrings, each body replaced by ``raise NotImplementedError``, which the check
-reports as "not done yet" with a hint. The outputs of the exercise cells (solution and check
-cells) are cleared; everything else is kept.
+reports as "not done yet" with a hint. Markdown text inside a solution (after a
+``solution-start`` directive, up to its ``solution-end``) is left out. The outputs of the
+exercise cells (solution and check cells) are cleared; everything else is kept.
 
 Grading runs each submitted notebook in its own kernel, with a time limit per cell (a cell that
-runs longer is interrupted and the run goes on), in quick mode unless told otherwise, with
-``COURSE_GRADING_LOG`` naming a file where every check appends its verdict (see
-helpers.exercises). It writes ``grades.csv`` and ``grades.md`` (a table, then the messages of
-every check that did not pass) and the executed notebooks.
+runs longer is interrupted and the run goes on), in quick mode unless told otherwise. After the
+learner's cells it runs cells of its own, one per exercise of the notebook's chapter, that check
+the function the exercise asks for (``Exercise.function``); only their verdicts count, read from
+the file that ``COURSE_GRADING_LOG`` names (see helpers.exercises). It writes ``grades.csv`` and
+``grades.md`` (a table, then the messages of every check that did not pass) and the executed
+notebooks.
 """
 
 from __future__ import annotations
@@ -43,9 +46,13 @@ from helpers.notebooks import QUIET_KERNEL
 from helpers.runtime import QUICK_ENV
 
 SOLUTION_TAG = "solution"
-NOT_RUN = "not run"  # an exercise the notebook should have checked, with no verdict logged
+GRADER_TAG = "grader-check"  # the cells that grading adds after a learner's notebook
+NOT_RUN = "not run"  # an exercise whose check by the grader did not run, or gave no verdict
 TIMED_OUT = "timed out"  # an exercise whose check was still running at the time limit
 _CHECK_CALL = re.compile(r"""\bcheck\(\s*["']([\w.]+)["']""")
+DEFAULT_TIMEOUT = 120  # seconds per cell; the chapters' cells take seconds in quick mode
+NO_EXERCISE = ("no exercise found: is this one of the chapters' notebooks? keep its file name "
+               "(e.g. data.ipynb)")
 _MARKS = {PASSED: "✅", FAILED: "❌", NOT_DONE: "⏳", CHECK_ERROR: "⚠️ check error", NOT_RUN: "not run",
           TIMED_OUT: "⌛ timed out"}
 # How long an interrupted cell has to stop (and a finished cell's last outputs to arrive): a
@@ -75,13 +82,17 @@ def starter_code(source: str, where: str = "a solution cell") -> str:
     """``source`` with the body of each top-level function replaced by ``raise NotImplementedError``.
 
     Signatures, decorators, docstrings, imports and comments outside the bodies are kept as
-    written. Anything else in the cell (a constant, a call, a class) is refused: a solution cell
-    holds only function definitions, each with a docstring, which becomes the task.
+    written; a body ends at the next line that starts at the left margin (comments indented
+    under its last statement are part of it). Anything else in the cell (a constant, a call, a
+    class) is refused: a solution cell holds only function definitions, each with a docstring,
+    which becomes the task.
     """
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
+    # Where each top-level statement starts, its decorators included.
+    starts = [min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) for node in tree.body]
     replacements = []  # (first line, last line, new text), 1-based and inclusive
-    for node in tree.body:
+    for node, next_start in zip(tree.body, starts[1:] + [len(lines) + 1]):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             continue
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -94,19 +105,67 @@ def starter_code(source: str, where: str = "a solution cell") -> str:
         docstring = node.body[0]
         if docstring.end_lineno == node.lineno:
             raise ValueError(f"{where}: put the body of `{node.name}` on the lines after its `def`")
+        last = node.end_lineno
+        # Only blank lines and comments can come between the body's last statement and the next
+        # statement: the indented ones belong to the body (they may hold part of the answer).
+        for number in range(node.end_lineno + 1, next_start):
+            line = lines[number - 1]
+            if line.strip() and not line[0].isspace():
+                break
+            if line.strip():
+                last = number
         indent = " " * docstring.col_offset
         stub = (f'{indent}raise NotImplementedError("{node.name}: replace this line with your '
                 f'code")\n')
-        replacements.append((docstring.end_lineno + 1, node.end_lineno, stub))
+        replacements.append((docstring.end_lineno + 1, last, stub))
     for first, last, stub in reversed(replacements):
         lines[first - 1:last] = [stub]
     return "".join(lines).rstrip("\n")
 
 
+# The opening line of a MyST directive such as ```{solution-start} ex-label, and its name.
+_DIRECTIVE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,}|:{3,})\{(?P<name>[\w-]+)\}")
+
+
+def without_solution_text(markdown: str, inside: bool = False) -> tuple[str, bool]:
+    """``markdown`` without the text inside a solution, and whether the solution goes on after it.
+
+    The text after a ``solution-start`` directive, up to a ``solution-end`` directive, is the
+    solution's explanation (``inside``: a solution started in an earlier cell). The directives
+    themselves are kept, so that the notebook still renders the dropdown. A cell with no text
+    inside a solution is returned as it is.
+    """
+    lines = markdown.splitlines(keepends=True)
+    kept, dropped, i = [], False, 0
+    while i < len(lines):
+        directive = _DIRECTIVE.match(lines[i])
+        if directive and directive["name"] in ("solution-start", "solution-end"):
+            fence = directive["fence"]
+            end = next((j for j in range(i + 1, len(lines))
+                        if lines[j].strip().startswith(fence) and not lines[j].strip().strip(fence[0])), i)
+            kept += lines[i:end + 1]
+            inside, i = directive["name"] == "solution-start", end + 1
+            continue
+        if inside and lines[i].strip():
+            dropped = True
+        else:
+            kept.append(lines[i])
+        i += 1
+    return ("".join(kept).rstrip() if dropped else markdown), inside
+
+
 def student_edition(nb, where: str = "notebook"):
-    """A copy of ``nb`` with starter code in its solution cells and its exercise cells cleared."""
+    """A copy of ``nb`` with starter code in its solution cells, no text inside its solutions,
+    and its exercise cells cleared."""
     student = copy.deepcopy(nb)
+    inside = False  # between a solution-start and its solution-end
     for i, cell in enumerate(student.cells):
+        if cell.cell_type == "markdown":
+            cell.source, inside = without_solution_text(cell.source, inside)
+        elif inside and cell.cell_type == "code" and not is_solution_cell(cell):
+            raise ValueError(f"{where}, cell {i}: a code cell inside a solution (between its "
+                             "solution-start and solution-end) must be tagged `solution`, or the "
+                             "student edition would show it; tag it, or move it after the solution-end")
         if is_solution_cell(cell):
             cell.source = starter_code(cell.source, f"{where}, cell {i}")
         if is_exercise_cell(cell):
@@ -136,11 +195,11 @@ def write_student_editions(paths: list[Path], out: Path) -> list[Path]:
 
 @dataclass
 class Submission:
-    """One submitted notebook: how its run went and the verdicts its checks logged."""
+    """One submitted notebook: how its run went and the verdicts of the grader's own checks."""
 
     name: str  # its path relative to the submissions folder
     outcome: str = "ran"  # or "timed out ...", "raised ...", "not a valid notebook ...", ...
-    expected: list[str] = field(default_factory=list)  # exercises it should check
+    expected: list[str] = field(default_factory=list)  # the exercises of its chapter
     verdicts: dict[str, dict] = field(default_factory=dict)  # exercise -> {"status", "message"}
 
     def status(self, exercise: str) -> str:
@@ -153,19 +212,38 @@ class Submission:
         return sum(self.status(e) == PASSED for e in self.expected)
 
 
+class CannotGrade(Exception):
+    """Grading cannot start: the message says what is wrong and what to do."""
+
+
+class _NotANotebook(Exception):
+    """A submitted file that cannot be read as a notebook: the message says why."""
+
+
 def chapter_of(exercise: str) -> str:
     return exercise.split(".")[0]
 
 
-def expected_exercises(names: list[str], fallback: str = "") -> list[str]:
-    """Every registered exercise of the chapters that ``names`` belong to, in registry order.
+def expected_exercises(names: list[str], filename: str = "") -> list[str]:
+    """Every registered exercise of the chapters a notebook belongs to, in registry order.
 
-    With no names (a file that could not be read, or one without any check), ``fallback`` (the
-    file's name) is used: a file named exactly like a chapter's notebook (``training.ipynb``) is
-    expected to check that chapter's exercises.
+    A notebook named exactly like a chapter's (``training.ipynb``) belongs to that chapter, whatever
+    it checks; a renamed one (``training (1).ipynb``) to the chapters of the registered exercises
+    it checks (``names``). Any other file, one with no check or one that could not be read,
+    expects none.
     """
-    chapters = {chapter_of(n) for n in names} or {Path(fallback).stem}
-    return [e for e in EXERCISES if chapter_of(e) in chapters]
+    chapters = {chapter_of(e) for e in EXERCISES}
+    stem = Path(filename).stem
+    its_chapters = {stem} if stem in chapters else {chapter_of(n) for n in names if n in EXERCISES}
+    return [e for e in EXERCISES if chapter_of(e) in its_chapters]
+
+
+def grader_cell(exercise: str, function: str):
+    """The cell that grading runs after a learner's cells to check ``function`` for ``exercise``."""
+    return nbformat.v4.new_code_cell(
+        "# Added by the grader: its own check, the one whose verdict counts.\n"
+        f'from helpers.exercises import check\n\ncheck("{exercise}", {function})',
+        metadata={"tags": [GRADER_TAG]})
 
 
 def _first_line(text: str, limit: int = 120) -> str:
@@ -177,29 +255,107 @@ def _log_lines(log: Path) -> list[str]:
     return log.read_text(encoding="utf-8").splitlines() if log.exists() else []
 
 
+def _errors(cell) -> list:
+    return [out for out in cell.get("outputs", []) if out.output_type == "error"]
+
+
+def _read_submission(path: Path):
+    """The notebook in ``path``, or ``_NotANotebook`` saying why it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:  # not text, or not JSON: nbformat's own error below says which
+        data = None
+    if data is not None and not isinstance(data, dict):
+        kind = {list: "a list", str: "a string"}.get(type(data), "a single value")
+        raise _NotANotebook(f"not a notebook (its JSON is {kind}, not a notebook's object)")
+    if data is not None and "nbformat" not in data:
+        raise _NotANotebook("not a notebook (a JSON object without a notebook's `nbformat` field)")
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as error:  # not JSON, or not a valid notebook
+        raise _NotANotebook(f"not a valid notebook ({type(error).__name__}: {_first_line(error)})") from error
+
+
+def _not_defined(function: str, cells: list) -> str:
+    """Why ``function`` was not defined when the grader checked it, from the learner's ``cells``."""
+    defining = [i for i, cell in enumerate(cells) if cell.cell_type == "code"
+                and re.search(rf"^\s*(async\s+)?def\s+{function}\b", cell.source, re.M)]
+    if not defining:
+        return f"`{function}` is not defined: no cell defines it, and the exercise asks for a function of that name"
+    i = defining[-1]
+    errors = _errors(cells[i])
+    if errors:
+        return (f"`{function}` is not defined: its cell, cell {i + 1}, raised {errors[0].ename}: "
+                f"{_first_line(errors[0].evalue)}")
+    return f"`{function}` is not defined: did its cell, cell {i + 1}, run?"
+
+
+def _grader_verdict(exercise: str, function: str, cell, logged: list[str] | None, interrupted: bool,
+                    timeout: float, learner_cells: list) -> dict:
+    """The verdict of the grader's cell ``cell`` on ``exercise``; ``logged``: the verdicts logged
+    while it ran (None: it never ran)."""
+    if interrupted:
+        return {"status": TIMED_OUT, "message": f"its check was still running after {timeout:g} s and was "
+                                                "interrupted (does the answer loop forever?)"}
+    if logged is None:
+        return {"status": NOT_RUN, "message": "not run: the run stopped before the grader's check of it "
+                                              "(see the outcome)"}
+    for line in reversed(logged):
+        try:
+            verdict = json.loads(line)
+            if verdict["exercise"] == exercise and verdict["status"] in _MARKS:
+                return {"status": verdict["status"], "message": str(verdict["message"])}
+        except (ValueError, KeyError, TypeError):
+            continue
+    errors = _errors(cell)
+    if errors and errors[0].ename == "NameError" and f"'{function}'" in errors[0].evalue:
+        return {"status": FAILED, "message": _not_defined(function, learner_cells)}
+    if errors:
+        return {"status": FAILED, "message": f"the grader's check raised {errors[0].ename}: "
+                                             f"{_first_line(errors[0].evalue)}"}
+    return {"status": NOT_RUN, "message": "the grader's check gave no verdict (did the notebook change "
+                                          "helpers.exercises?)"}
+
+
 def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Path | None = None,
                    name: str | None = None) -> Submission:
-    """Run one submitted notebook in a fresh kernel and collect its verdicts.
+    """Run one submitted notebook in a fresh kernel, then the grader's own checks of its exercises.
 
-    Every cell runs, even after one raises (the first error is reported). A cell gets ``timeout``
-    seconds; then it is interrupted, the exercise whose check it was running is "timed out",
-    and the run goes on with the next cell. The executed notebook is written to ``executed``
-    when given.
+    Its exercises are those of its chapter (``expected_exercises``). After the learner's cells,
+    one cell per exercise checks the function the exercise asks for (``Exercise.function``);
+    only these verdicts count, so a learner's check cell that was edited
+    or deleted changes nothing. Every cell runs, even after one raises (the first error of the
+    learner's cells is reported). A cell gets ``timeout`` seconds; then it is interrupted (a
+    grader's cell interrupted makes its exercise "timed out"), and the run goes on with the next
+    cell. The executed notebook, the grader's cells included, is written to ``executed`` when given.
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     import helpers
 
+    if timeout < 1:
+        raise ValueError(f"a limit of {timeout:g} s per cell is too short: give at least 1 s")
     submission = Submission(name or path.name)
     try:
-        nb = nbformat.read(path, as_version=4)
-    except Exception as error:  # not JSON, or not a notebook
-        submission.outcome = f"not a valid notebook ({type(error).__name__}: {_first_line(error)})"
+        nb = _read_submission(path)
+    except _NotANotebook as error:
+        submission.outcome = str(error)
         submission.expected = expected_exercises([], path.name)
         return submission
-    submission.expected = expected_exercises([n for c in nb.cells for n in checked_exercises(c)
-                                              if n in EXERCISES], path.name)
+    submission.expected = expected_exercises([n for c in nb.cells for n in checked_exercises(c)], path.name)
+    if not submission.expected:
+        submission.outcome = NO_EXERCISE
+        return submission
+
+    learner_cells = list(nb.cells)
+    graders = {}  # the index of a grader's cell -> the exercise it checks
+    for exercise in submission.expected:
+        graders[len(nb.cells)] = exercise
+        nb.cells.append(grader_cell(exercise, EXERCISES[exercise].function))
+
+    def where(i: int) -> str:  # a cell, as the outcome names it
+        return f"cell {i + 1}" if i < len(learner_cells) else f"the grader's check of {graders[i]}"
 
     with tempfile.TemporaryDirectory(prefix="grading-") as workdir:
         log = Path(workdir) / "verdicts.jsonl"
@@ -210,23 +366,24 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
         # The kernel imports the same helpers as this command, wherever it runs from.
         package_root = str(Path(helpers.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        logged_before = {}  # cell index -> verdicts logged before the cell ran
-        timed_out = {}  # cell index -> verdicts logged before it was interrupted
+        logged_before = {}  # a grader's cell -> how many verdicts were logged before it ran
+        interrupted = set()  # the cells that ran past the limit
         started = {}  # the cell running, and when it started
 
         def starting(cell, cell_index, **_):
-            logged_before[cell_index] = len(_log_lines(log))
+            if cell_index in graders:
+                logged_before[cell_index] = len(_log_lines(log))
             started.update(cell=cell_index, at=time.monotonic())
 
         def finished(cell, cell_index, execute_reply, **_):
             if (execute_reply or {}).get("content", {}).get("ename") == _TIMEOUT_ERROR:
-                timed_out[cell_index] = len(_log_lines(log))
+                interrupted.add(cell_index)
 
         # nbclient logs timeouts and dead kernels, which the outcome reports.
         quiet = logging.getLogger(f"{__name__}.nbclient")
         quiet.setLevel(logging.CRITICAL)
         client = NotebookClient(
-            nb, timeout=max(1, math.ceil(timeout)), kernel_name="python3", allow_errors=True,
+            nb, timeout=math.ceil(timeout), kernel_name="python3", allow_errors=True,
             interrupt_on_timeout=True, raise_on_iopub_timeout=True, iopub_timeout=INTERRUPT_GRACE,
             error_on_timeout={"ename": _TIMEOUT_ERROR, "evalue": f"interrupted after {timeout:g} s",
                               "traceback": []},
@@ -239,48 +396,39 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
         except CellTimeoutError:  # the cell's outputs, or its end after an interrupt, never came
             stuck = started.get("cell", 0)
             if time.monotonic() - started.get("at", 0) < timeout:
-                outcome.append(f"the outputs of cell {stuck + 1} did not all arrive within "
+                outcome.append(f"the outputs of {where(stuck)} did not all arrive within "
                                f"{INTERRUPT_GRACE} s of its end: the later cells did not run")
             else:
-                timed_out[stuck] = len(_log_lines(log))
-                outcome.append(f"timed out after {timeout:g} s in cell {stuck + 1} and did not stop when "
+                interrupted.add(stuck)
+                outcome.append(f"timed out after {timeout:g} s in {where(stuck)} and did not stop when "
                                "interrupted: the later cells did not run")
         except DeadKernelError:
             outcome.append("the kernel died (did the notebook exit Python or run out of memory?)")
         except Exception as error:
             outcome.append(f"could not be run ({type(error).__name__}: {_first_line(error)})")
         else:
-            if timed_out:
-                where = " and ".join(str(i + 1) for i in sorted(timed_out))
-                outcome.append(f"timed out after {timeout:g} s in cell{'s' if len(timed_out) > 1 else ''} "
-                               f"{where}, interrupted; the later cells ran")
-            errors = [(i, out) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-                      and i not in timed_out
+            # The learner's cells; an interrupted grader's cell is its exercise's verdict.
+            late = sorted(i for i in interrupted if i < len(learner_cells))
+            if late:
+                outcome.append(f"timed out after {timeout:g} s in cell{'s' if len(late) > 1 else ''} "
+                               f"{' and '.join(str(i + 1) for i in late)}, interrupted; the later cells ran")
+            errors = [(i, out) for i, cell in enumerate(learner_cells) if cell.cell_type == "code"
+                      and i not in interrupted
                       and "raises-exception" not in cell.get("metadata", {}).get("tags", [])
-                      for out in cell.get("outputs", []) if out.output_type == "error"]
+                      for out in _errors(cell)]
             if errors:
                 i, out = errors[0]
                 more = f" (and {len(errors) - 1} more cells)" if len(errors) > 1 else ""
                 outcome.append(f"raised {out.ename} in cell {i + 1}: {_first_line(out.evalue)}{more}")
         submission.outcome = "; ".join(outcome) or "ran"
-        # The verdicts in the order they were given, the last one of an exercise counting. A cell
-        # that timed out had logged the verdicts of its checks before the one it was running.
-        events = []
-        for position, line in enumerate(_log_lines(log)):
-            try:
-                verdict = json.loads(line)
-                events.append((position, verdict["exercise"], verdict))
-            except (ValueError, KeyError, TypeError):
-                continue
-        for i, logged in timed_out.items():
-            names = checked_exercises(nb.cells[i])[logged - logged_before.get(i, logged):]
-            if names:
-                events.append((logged - 0.5, names[0], {
-                    "exercise": names[0], "status": TIMED_OUT,
-                    "message": f"its check was still running after {timeout:g} s and was interrupted "
-                               "(does the answer loop forever?)"}))
-        for _, exercise, verdict in sorted(events, key=lambda event: event[0]):
-            submission.verdicts[exercise] = verdict
+        # Each grader's cell runs after the one before it: the verdicts logged from its start to
+        # the next one's start are its own. The learner's cells' verdicts are ignored.
+        logged = _log_lines(log)
+        order = sorted(graders)
+        for i, after in zip(order, order[1:] + [None]):
+            own = logged[logged_before[i]:logged_before.get(after, len(logged))] if i in logged_before else None
+            submission.verdicts[graders[i]] = _grader_verdict(
+                graders[i], EXERCISES[graders[i]].function, nb.cells[i], own, i in interrupted, timeout, learner_cells)
     if executed is not None:
         target = executed / submission.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -288,14 +436,37 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
     return submission
 
 
-def grade(folder: Path, report: Path, timeout: float = 600, quick: bool = True,
-          progress=print) -> list[Submission]:
-    """Grade every ``*.ipynb`` under ``folder`` and write the report into ``report``."""
+def _say(line: str) -> None:
+    print(line, flush=True)  # at once, even into a pipe: grading a folder takes minutes
+
+
+def submissions_in(folder: Path, report: Path) -> list[Path]:
+    """The notebooks under ``folder`` to grade: not Jupyter's checkpoints, not the files macOS
+    adds to an archive (``__MACOSX/``, ``._*``), and not the report of an earlier run when the
+    report folder is inside ``folder``."""
+    report = report.resolve()
+    report_inside = report.is_relative_to(folder.resolve())
+    return sorted(p for p in folder.rglob("*.ipynb")
+                  if not {".ipynb_checkpoints", "__MACOSX"} & set(p.relative_to(folder).parts)
+                  and not p.name.startswith("._")
+                  and not (report_inside and p.resolve().is_relative_to(report)))
+
+
+def grade(folder: Path, report: Path, timeout: float = DEFAULT_TIMEOUT, quick: bool = True,
+          progress=_say) -> list[Submission]:
+    """Grade every submitted notebook under ``folder`` and write the report into ``report``."""
     if not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is not a folder: give the folder that holds the submitted notebooks")
-    paths = sorted(p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+        raise CannotGrade(f"{folder} is not a folder: give the folder that holds the submitted notebooks")
+    if report.exists() and not report.is_dir():
+        raise CannotGrade(f"{report} is a file: give --report a folder (it is made if it does not exist)")
+    if report.resolve() == folder.resolve() or folder.resolve().is_relative_to(report.resolve() / "executed"):
+        raise CannotGrade(f"the report would be written among the submissions ({folder}): give --report "
+                          "another folder, such as one next to the submissions folder")
+    if timeout < 1:
+        raise CannotGrade(f"a limit of {timeout:g} s per cell is too short: give --timeout at least 1")
+    paths = submissions_in(folder, report)
     if not paths:
-        raise FileNotFoundError(f"there are no .ipynb files under {folder}")
+        raise CannotGrade(f"there are no .ipynb files under {folder}")
     report.mkdir(parents=True, exist_ok=True)
     submissions = []
     for path in paths:
@@ -322,8 +493,8 @@ def write_report(submissions: list[Submission], report: Path) -> None:
     lines = ["# Grades", "",
              f"Submissions: {len(submissions)}. ✅ passed, ❌ failed, ⏳ not done (starter code), "
              "⌛ timed out (the check was interrupted), ⚠️ check error (a bug of the check itself, "
-             "not of the answer), 'not run': no verdict (the check cell is missing, or the run "
-             "stopped before it).", "",
+             "not of the answer), 'not run': no verdict (the grader's own check, run after the "
+             "notebook's cells, did not run or gave none). Only the grader's checks count.", "",
              "| submission | outcome | passed | " + " | ".join(f"`{e}`" for e in exercises) + " |",
              "|---|---|---|" + "---|" * len(exercises)]
     for s in submissions:
@@ -403,6 +574,17 @@ def guide_with_table(guide_text: str, table: str) -> str:
 
 # --- Command line ----------------------------------------------------------------------------
 
+def _seconds_per_cell(text: str) -> int:
+    """``--timeout``: a whole number of seconds, at least 1."""
+    try:
+        seconds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"{seconds} s is too short: give at least 1 second per cell")
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     from helpers.notebooks import book_notebooks
 
@@ -415,8 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     grading = sub.add_parser("grade", help="run submitted notebooks and report their checks")
     grading.add_argument("submissions", type=Path, help="a folder of .ipynb files (searched recursively)")
     grading.add_argument("--report", type=Path, required=True, help="the folder to write the report into")
-    grading.add_argument("--timeout", type=int, default=600,
-                         help="whole seconds allowed per cell (default 600); a longer cell is interrupted")
+    grading.add_argument("--timeout", type=_seconds_per_cell, default=DEFAULT_TIMEOUT,
+                         help=f"whole seconds allowed per cell (default {DEFAULT_TIMEOUT}); a longer cell "
+                              "is interrupted")
     grading.add_argument("--full", action="store_true", help="run the notebooks in full mode, not quick mode")
     table = sub.add_parser("exercise-table", help="print the instructor guide's table of exercises")
     table.add_argument("--write", action="store_true", help=f"write it into {GUIDE}")
@@ -424,10 +607,21 @@ def main(argv: list[str] | None = None) -> int:
     root = Path.cwd()
 
     if args.command == "student-edition":
+        if args.out.exists() and not args.out.is_dir():
+            parser.error(f"{args.out} is a file: give the folder to write the student editions into "
+                         "(it is made if it does not exist)")
         for path in args.paths:
             if not path.exists():
                 parser.error(f"{path} does not exist")
-        written = write_student_editions(args.paths or book_notebooks(root), args.out)
+            if path.is_dir() or path.suffix != ".ipynb":
+                parser.error(f"{path} is not a notebook: give chapters' notebooks (.ipynb), such as "
+                             "book/dynamic_graph.ipynb, or none for every chapter")
+        sources = args.paths or book_notebooks(root)
+        for path in sources:
+            if path.resolve() in (args.out.resolve() / path.name, (args.out / path.name).resolve()):
+                parser.error(f"{args.out} holds {path}: its student edition would be written over it; "
+                             "pick another folder, such as student/")
+        written = write_student_editions(sources, args.out)
         if not written:
             print("None of these notebooks has exercises: nothing was written.")
             return 1
@@ -437,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "grade":
         try:
             grade(args.submissions, args.report, args.timeout, quick=not args.full)
-        except (NotADirectoryError, FileNotFoundError) as error:
+        except CannotGrade as error:
             parser.error(str(error))
         print(f"Report: {args.report / 'grades.md'} and {args.report / 'grades.csv'}")
         return 0

@@ -11,7 +11,8 @@ process, and records it with ``helpers.runtime.record_data_source``):
    or, in full mode, by the environment variable ``CIFAR10_JPEG_DIR`` (for machines behind a
    firewall or with a mirror). Outside quick mode every class folder must hold all of CIFAR-10's
    images (5,000 for training, 1,000 for testing); in quick mode smaller copies are accepted, as
-   long as every class of a split holds the same number. Either way a copy cut short is refused;
+   long as every class of a split holds the same number. Either way a copy cut short is refused,
+   and a damaged or wrong-sized image file is named in the error when it is read;
 2. in quick mode (``COURSE_QUICK=1``), a small generated stand-in with CIFAR-10's shapes and
    classes, announced as such. Quick mode ignores ``CIFAR10_JPEG_DIR``, so that the tests run
    fast and the same on every machine;
@@ -26,6 +27,7 @@ differently (augmentation for one, not the other).
 from __future__ import annotations
 
 import colorsys
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from typing import Callable, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision.transforms import v2
 
@@ -106,15 +108,7 @@ def _check_image_folder(root: Path, hint: str) -> None:
                                       f"only those files are read. Copy CIFAR-10's images there again, "
                                       f"as PNG or JPEG files")
             counts[name] = len(images)
-            first = folder / images[0]
-            try:
-                with Image.open(first) as image:
-                    size = image.size
-            except OSError as error:
-                raise DataSourceError(f"{first} ({hint}) is not a readable image ({error})") from None
-            if size != (32, 32):
-                raise DataSourceError(f"{first} ({hint}) is {size[0]}x{size[1]} pixels; CIFAR-10 images are "
-                                      f"32x32: is this really CIFAR-10?")
+            _load_rgb(folder / images[0], hint)  # a tree of other images is refused before any loading
         _check_counts(root / split, counts, IMAGES_PER_CLASS[split], hint)
 
 
@@ -148,16 +142,31 @@ def _image_folder_splits(root: Path, hint: str) -> tuple[Dataset, Dataset]:
 
     _check_image_folder(root, hint)
     # ImageFolder numbers the classes in sorted order, which is CIFAR-10's own order.
-    splits = tuple(ImageFolder(str(root / split), loader=_load_rgb, is_valid_file=_is_image_file)
+    # Every image is checked as it is loaded (opening all 60,000 here would take long): a damaged
+    # file deep in the tree gets an error naming it, not the image library's bare one.
+    splits = tuple(ImageFolder(str(root / split), loader=functools.partial(_load_rgb, hint=hint),
+                               is_valid_file=_is_image_file)
                    for split in ("train", "test"))
     for split in splits:
         assert tuple(split.classes) == CLASSES, split.classes
     return splits
 
 
-def _load_rgb(path: str) -> Image.Image:
-    with open(path, "rb") as f:
-        return Image.open(f).convert("RGB")
+def _load_rgb(path: str | Path, hint: str) -> Image.Image:
+    """The image file ``path`` of an image-folder tree as a 32x32 RGB image, or a ``DataSourceError``
+    that names the file and says what to do."""
+    try:
+        with open(path, "rb") as f:
+            image = Image.open(f).convert("RGB")
+    except OSError as error:  # also PIL's UnidentifiedImageError, and the error of a truncated file
+        reason = "no image format recognised" if isinstance(error, UnidentifiedImageError) else error
+        raise DataSourceError(f"{path} ({hint}) is not a readable image ({reason}): the file is damaged, "
+                              f"often by a copy cut short; copy the folder again (or unpack the archive "
+                              f"again)") from None
+    if image.size != (32, 32):
+        raise DataSourceError(f"{path} ({hint}) is {image.size[0]}x{image.size[1]} pixels; CIFAR-10 images "
+                              f"are 32x32: is this really CIFAR-10? Copy CIFAR-10's images there again")
+    return image
 
 
 # --- Source 2: the quick-mode stand-in ------------------------------------------------------------
@@ -364,19 +373,24 @@ def channel_mean_std(dataset: Dataset, batch_size: int = 500,
     ``M = N * H * W`` (the population standard deviation), accumulated in float64 batch by batch
     so that the whole dataset never has to fit in memory. Returns two float32 tensors (C,).
     """
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    # Checked on the first image, before any batch: a PIL image would fail inside the loader's
+    # batching, with an error that does not say what to do.
+    first = dataset[0][0]
+    if not isinstance(first, torch.Tensor) or not torch.is_floating_point(first) or first.dim() != 3:
+        got = (f"a {first.dtype} tensor of shape {tuple(first.shape)}" if isinstance(first, torch.Tensor)
+               else f"a {type(first).__module__}.{type(first).__qualname__}")
+        raise TypeError(f"expected images (C, H, W) as float tensors, got {got}: give the dataset a "
+                        f"transform such as to_tensor_transform()")
     total = total_squares = None
     count = 0
     for images, _ in make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers):
-        if not torch.is_floating_point(images) or images.dim() != 4:
-            raise TypeError(f"expected batches of float images (N, C, H, W), got {images.dtype} of shape "
-                            f"{tuple(images.shape)}: give the dataset a transform such as to_tensor_transform()")
         images = images.double()
         batch_sum, batch_squares = images.sum(dim=(0, 2, 3)), images.square().sum(dim=(0, 2, 3))
         total = batch_sum if total is None else total + batch_sum
         total_squares = batch_squares if total_squares is None else total_squares + batch_squares
         count += images.numel() // images.shape[1]
-    if total is None:
-        raise ValueError("the dataset is empty")
     mean = total / count
     std = (total_squares / count - mean.square()).clamp_min(0).sqrt()
     return mean.float(), std.float()
@@ -448,6 +462,13 @@ def plot_image_grid(images, labels: Sequence[int], classes: Sequence[str], *,
         pictures = [np.asarray(img) for img in images]
     if len(pictures) != len(labels):
         raise ValueError(f"{len(pictures)} images but {len(labels)} labels")
+    if predictions is not None and len(predictions) != len(labels):
+        raise ValueError(f"{len(labels)} labels but {len(predictions)} predictions")
+    for name, values in (("labels", labels), ("predictions", () if predictions is None else predictions)):
+        outside = [int(value) for value in values if not 0 <= int(value) < len(classes)]
+        if outside:  # a negative one would quietly pick a class from the end of the names
+            raise ValueError(f"{name} holds the class index {outside[0]}, outside 0..{len(classes) - 1}: "
+                             f"there are {len(classes)} class names, and labels are indices into them")
     rows = math.ceil(len(pictures) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(size * columns, (size + 0.25) * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
@@ -459,6 +480,6 @@ def plot_image_grid(images, labels: Sequence[int], classes: Sequence[str], *,
         if predictions is not None:
             title += f"\n-> {classes[int(predictions[i])]}"
             colour = "black" if int(predictions[i]) == int(labels[i]) else "tab:red"
-        ax.set_title(title, fontsize=8, color=colour)
+        ax.set_title(title, fontsize=10, color=colour)
     fig.tight_layout()
     return fig

@@ -32,6 +32,11 @@ from helpers.training import SmallCNN, save_checkpoint, train_one_epoch
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 STAND_IN_IMAGES = 1024  # the stand-in's default size: enough to show the mechanics in seconds
+STAND_IN = "the generated stand-in for CIFAR-10"  # helpers.data.StandInCIFAR10
+
+
+class OptionError(ValueError):
+    """The script's options cannot work as given; the message says what to change."""
 
 
 @dataclass
@@ -60,7 +65,9 @@ def choose_backend(device: str = "auto") -> tuple[str, torch.device | None]:
         raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for, but this machine has no CUDA GPU")
+            raise RuntimeError("device 'cuda' was asked for, but this machine has no CUDA GPU: pass "
+                               "--device cpu to run on the CPU with Gloo, or run on a machine with "
+                               "NVIDIA GPUs and a CUDA build of PyTorch")
         return "nccl", None
     return "gloo", torch.device("cpu")
 
@@ -106,24 +113,31 @@ def _normalised_tensors(dataset, limit: int | None = None) -> TensorDataset:
     return TensorDataset(normalise(images, mean, std), labels)
 
 
-def stand_in_tensors(num_images: int, seed: int = 0) -> TensorDataset:
-    """The quick-mode stand-in for CIFAR-10 (``helpers.data.StandInCIFAR10``), normalised:
-    the same on every rank."""
+def stand_in_tensors(num_images: int, seed: int = 0) -> tuple[TensorDataset, str]:
+    """The quick-mode stand-in for CIFAR-10 (``helpers.data.StandInCIFAR10``), normalised (the
+    same on every rank), and what it is (``STAND_IN``)."""
     from helpers.data import StandInCIFAR10
 
-    return _normalised_tensors(StandInCIFAR10(num_images, seed=seed))
+    return _normalised_tensors(StandInCIFAR10(num_images, seed=seed)), STAND_IN
 
 
-def cifar10_tensors(limit: int | None = None) -> TensorDataset:
-    """CIFAR-10's training split (``helpers.data.load_cifar10``, quiet), normalised."""
-    from helpers.data import load_cifar10
+def cifar10_tensors(limit: int | None = None) -> tuple[TensorDataset, str]:
+    """CIFAR-10's training split (``helpers.data.load_cifar10``, quiet), normalised, and where it
+    came from: in quick mode that is the stand-in, and the description says so."""
+    from helpers.data import StandInCIFAR10, load_cifar10
 
-    return _normalised_tensors(load_cifar10(announce=False).train, limit)
+    cifar = load_cifar10(announce=False)
+    if isinstance(cifar.train, StandInCIFAR10):
+        source = f"{STAND_IN}, not CIFAR-10: quick mode (COURSE_QUICK=1) is on"
+    else:
+        source = f"CIFAR-10 from the {cifar.source}"
+    return _normalised_tensors(cifar.train, limit), source
 
 
 def training_data(config: "TrainConfig",
-                  context: DistributedContext) -> TensorDataset:
-    """The training examples, the same on every rank (each loads them).
+                  context: DistributedContext) -> tuple[TensorDataset, str]:
+    """The training examples, the same on every rank (each loads them),
+    and where they came from, in words.
 
     CIFAR-10 may have to be downloaded, once per machine: local rank 0 of
     each machine does that while every other process waits at a barrier of
@@ -139,10 +153,10 @@ def training_data(config: "TrainConfig",
     downloads = context.local_rank == 0  # one process per machine
     if not downloads:
         dist.barrier()  # until every machine's local rank 0 has the files
-    dataset = cifar10_tensors(config.image_count)
+    dataset, source = cifar10_tensors(config.image_count)
     if downloads:
         dist.barrier()  # then let the others read them
-    return dataset
+    return dataset, source
 
 
 def shard_loader(dataset, batch_size: int, context: DistributedContext, seed: int = 0) -> DataLoader:
@@ -176,6 +190,7 @@ class TrainConfig:
     num_images: int | None = None  # None: 1024 stand-in images, or all of CIFAR-10's training set
     checkpoint: str | None = None  # rank 0 saves here after every epoch
     save_weights: str | None = None  # rank 0 saves the final state_dict here
+    overwrite: bool = False  # replace the two files above if they exist
     device: str = "auto"
 
     @property
@@ -186,6 +201,57 @@ class TrainConfig:
         return STAND_IN_IMAGES if self.data == "standin" else None
 
 
+def _output_problem(config: TrainConfig) -> str | None:
+    """Why the files of ``--checkpoint`` and ``--save-weights`` cannot be
+    written, or None; then (and only then) creates their folders."""
+    paths = {option: Path(name) for option, name in
+             (("--checkpoint", config.checkpoint),
+              ("--save-weights", config.save_weights)) if name is not None}
+    for option, path in paths.items():
+        if path.is_dir():
+            return f"{option} {path} is a folder: give a file name"
+        if path.exists() and not config.overwrite:
+            return (f"{option} {path} exists already, and a new run would "
+                    f"overwrite it: pass another {option} to keep it, or "
+                    f"--overwrite to replace it")
+    for option, path in paths.items():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            return f"{option} {path}: its folder cannot be created ({error})"
+    return None
+
+
+def check_outputs(config: TrainConfig, context: DistributedContext) -> None:
+    """Before any training, rank 0 (which writes the files) checks where
+    they go; every rank raises its verdict (``OptionError``), so that all
+    stop together instead of waiting for rank 0 at a barrier."""
+    verdict = [_output_problem(config) if context.is_main else None]
+    dist.broadcast_object_list(verdict, src=0)  # rank 0's, on every rank
+    if verdict[0] is not None:
+        raise OptionError(verdict[0])
+
+
+def check_batches(num_images: int, batch_size: int, world_size: int) -> None:
+    """Refuse (``OptionError``) a run in which a rank would get no batch: each
+    rank gets ``num_images // world_size`` images per epoch, and the loader
+    drops a last batch smaller than ``batch_size``."""
+    per_rank = num_images // world_size
+    if per_rank >= batch_size:
+        return
+    remedies = [f"at least {batch_size * world_size} training images "
+                f"(--num-images)"]
+    if per_rank >= 1:
+        remedies.insert(0, f"--batch-size {per_rank} or less")
+    if world_size > 1:
+        remedies.append("fewer processes")
+    raise OptionError(
+        f"{num_images} training images shared by {world_size} process(es) "
+        f"give each {per_rank} per epoch, less than one batch of "
+        f"{batch_size} (a smaller last batch is dropped): use "
+        f"{', or '.join(remedies)}")
+
+
 def train(config: TrainConfig, context: DistributedContext) -> nn.Module:
     """Train ``SmallCNN`` with SGD under DDP; returns the trained model.
 
@@ -194,7 +260,9 @@ def train(config: TrainConfig, context: DistributedContext) -> nn.Module:
     ``backward()``, so every rank applies the same update: the one for
     the mean loss over ``batch_size * world_size`` examples.
     """
-    dataset = training_data(config, context)
+    check_outputs(config, context)  # rank 0's files, before any work
+    dataset, source = training_data(config, context)
+    check_batches(len(dataset), config.batch_size, context.world_size)
     loader = shard_loader(dataset, config.batch_size, context, config.seed)
     seed_everything(config.seed)  # DDP also copies rank 0's weights to all
     model = SmallCNN().to(context.device)
@@ -205,9 +273,11 @@ def train(config: TrainConfig, context: DistributedContext) -> nn.Module:
     world = context.world_size
     if context.is_main:  # one process speaks for all
         print(f"{world} process(es), backend {context.backend}, on "
-              f"{context.device.type}\neffective batch {world} x "
-              f"{config.batch_size} = {world * config.batch_size} examples, "
-              f"{len(loader)} steps per epoch", flush=True)
+              f"{context.device.type}",
+              f"training data: {len(dataset)} images of {source}",
+              f"effective batch {world} x {config.batch_size} = "
+              f"{world * config.batch_size} examples, "
+              f"{len(loader)} steps per epoch", sep="\n", flush=True)
     for epoch in range(config.epochs):
         loader.sampler.set_epoch(epoch)  # reshuffle, the same on all ranks
         stats = train_one_epoch(ddp_model, loader, nn.CrossEntropyLoss(),
@@ -240,10 +310,8 @@ def demo_all_reduce(context: DistributedContext) -> None:
             print(f"rank {rank}: before {was}, after all_reduce(SUM) {now}")
 
 
-def shard_report(config: TrainConfig, context: DistributedContext) -> None:
+def shard_report(dataset, config: TrainConfig, context: DistributedContext) -> None:
     """Rank 0 prints which example indices each rank gets in its first batch, for two epochs."""
-    # Indices only, no images: for CIFAR-10 without --num-images, the stand-in's count.
-    dataset = TensorDataset(torch.arange(config.image_count or STAND_IN_IMAGES))
     loader = shard_loader(dataset, config.batch_size, context, config.seed)
     seen = {}
     for epoch in range(2):
@@ -255,6 +323,15 @@ def shard_report(config: TrainConfig, context: DistributedContext) -> None:
         for rank, count, first in rows:
             print(f"rank {rank}: {count} examples per epoch; first batch of epoch 0 {first[0]}, "
                   f"of epoch 1 {first[1]}")
+
+
+def demo(config: TrainConfig, context: DistributedContext) -> None:
+    """``demo_all_reduce``, then ``shard_report`` (refused up front when a rank would get no batch)."""
+    # Indices only, no images: for CIFAR-10 without --num-images, the stand-in's count.
+    indices = TensorDataset(torch.arange(config.image_count or STAND_IN_IMAGES))
+    check_batches(len(indices), config.batch_size, context.world_size)
+    demo_all_reduce(context)
+    shard_report(indices, config, context)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[str, TrainConfig]:
@@ -271,8 +348,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, TrainConfig]:
     parser.add_argument("--num-images", type=int, default=TrainConfig.num_images,
                         help=f"how many training images to use (default: {STAND_IN_IMAGES} of the "
                              f"stand-in; all 50,000 of CIFAR-10)")
-    parser.add_argument("--checkpoint", help="rank 0 saves a checkpoint here after every epoch")
-    parser.add_argument("--save-weights", help="rank 0 saves the final state_dict here")
+    parser.add_argument("--checkpoint", help="rank 0 saves a checkpoint here after every epoch (its "
+                                             "folder is created; an existing file is refused, unless "
+                                             "--overwrite)")
+    parser.add_argument("--save-weights", help="rank 0 saves the final state_dict here (its folder is "
+                                               "created; an existing file is refused, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of --checkpoint and --save-weights if they exist")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     args = parser.parse_args(argv)
     for name in ("epochs", "batch_size", "num_images"):
@@ -280,7 +362,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, TrainConfig]:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          data=args.data, num_images=args.num_images, checkpoint=args.checkpoint,
-                         save_weights=args.save_weights, device=args.device)
+                         save_weights=args.save_weights, overwrite=args.overwrite, device=args.device)
     return args.command, config
 
 
@@ -289,10 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     context = init_distributed(config.device)
     try:
         if command == "demo":
-            demo_all_reduce(context)
-            shard_report(config, context)
+            demo(config, context)
         else:
             train(config, context)
+    except OptionError as error:  # raised on every rank: rank 0 says why
+        if context.is_main:
+            print(f"helpers.distributed: error: {error}", file=sys.stderr)
+        return 2  # as argparse does for a bad option
     finally:
         dist.destroy_process_group()  # leaving without it makes NCCL warn at exit
     return 0

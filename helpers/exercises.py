@@ -5,10 +5,13 @@ Introduced in the preface ("How the exercises work"); every chapter registers it
     check("dynamic_graph.count_nodes", count_nodes)
 
 runs the learner's function on a few inputs and prints one verdict: it passed, or on which input
-what was expected and what the answer gave. An answer that raises, returns the wrong type or shape,
-or NaN is reported as such. An answer that raises ``NotImplementedError`` (the starter code of a
-student edition) is "not done yet" and gets the exercise's hint. An error raised by the check's own
-code, not the answer's, is a "check error": a bug of the course, which the learner is asked to report.
+what was expected and what the answer gave. Once those pass, an exercise may run its hidden cases,
+more inputs whose values and expected results are never printed (see ``HiddenCases``), so that an
+answer must follow the rule, not a table of the results it was shown. An answer that raises,
+returns the wrong type or shape, or NaN is reported as such. An answer that raises
+``NotImplementedError`` (the starter code of a student edition) is "not done yet" and gets the
+exercise's hint. An error raised by the check's own code, not the answer's, is a "check error": a
+bug of the course, which the learner is asked to report.
 
 When the environment variable ``COURSE_GRADING_LOG`` names a file, every verdict is also appended
 to it as one JSON line, which is how the grading command reads a student's results.
@@ -41,13 +44,41 @@ class Case:
     kwargs: dict = field(default_factory=dict)
 
 
+# The hidden cases are drawn from this seed, the same at every check: a verdict is reproducible
+# (the learner's notebook, nbval and grading agree on it), and a table of results cannot be built
+# from the messages all the same, since they never show a hidden input or its expected result.
+HIDDEN_SEED = 7919
+
+
+@dataclass
+class HiddenCases:
+    """Inputs an answer must also get right once it passes the cases it is shown.
+
+    A message shows each shown case's input and expected result, so a learner could return a
+    table of them instead of following the rule. ``draw(generator)`` draws many more cases
+    (the generator is seeded with ``HIDDEN_SEED``); ``expected`` gives their right results and
+    ``explain``, as for ``first_failure``, may name the mistake, in words that name no input.
+    A failure says that the answer passes the shown cases but not others, and that it must
+    follow the rule for ``rule`` (as "any number of samples and batch size").
+    """
+
+    draw: Callable[[torch.Generator], list[Case]]
+    expected: Callable[..., Any]
+    rule: str
+    explain: Callable[..., str] | None = None
+    atol: float = 1e-6
+    rtol: float = 1e-5
+
+
 @dataclass
 class Exercise:
     """An exercise's check: either ``cases`` with an ``expected`` oracle, or a ``judge``.
 
     ``expected(*case.args)`` gives the right result for a case (often PyTorch's own function);
-    results are compared with ``atol`` and ``rtol``. A ``judge(answer)`` instead returns a
-    failure message, or None when the answer is right, for answers that are not pure functions.
+    results are compared with ``atol`` and ``rtol``, and ``explain`` may name the mistake behind a
+    wrong one (see ``first_failure``). A ``judge(answer)`` instead returns a failure message, or
+    None when the answer is right, for answers that are not pure functions. ``hidden``, if given,
+    runs after either has passed.
     """
 
     name: str  # "<chapter notebook>.<what>", e.g. "dynamic_graph.count_nodes"
@@ -57,9 +88,17 @@ class Exercise:
     hint: str
     cases: Callable[[], list[Case]] | None = None
     expected: Callable[..., Any] | None = None
+    explain: Callable[..., str] | None = None
     judge: Callable[[Callable], str | None] | None = None
     atol: float = 1e-6
     rtol: float = 1e-5
+    hidden: HiddenCases | None = None
+    # The function the learner writes, which the check cell passes: by default the part of the
+    # name after the dot. Grading checks it by this name.
+    function: str = ""
+
+    def __post_init__(self):
+        self.function = self.function or self.name.split(".", 1)[1]
 
 
 @dataclass
@@ -233,6 +272,8 @@ def _fresh(value: Any) -> Any:
     # would add a node to the graph the answer is asked about.
     if isinstance(value, torch.Tensor) and not value.requires_grad:
         return value.clone()
+    if isinstance(value, list):
+        return list(value)
     return value
 
 
@@ -245,9 +286,22 @@ def first_failure(answer: Callable, cases: list[Case], expected: Callable,
     may add the usual mistake that gives exactly that result ("" when none does), so that the
     learner reads what to change, not only what differs. None when every case agrees.
     """
+    found = _first_mismatch(answer, cases, expected, explain, atol, rtol)
+    if found is None:
+        return None
+    case, mismatch, explanation = found
+    return f"on {case.label}, {mismatch}" + (f". {explanation}" if explanation else "")
+
+
+def _first_mismatch(answer: Callable, cases: list[Case], expected: Callable,
+                    explain: Callable[..., str] | None, atol: float, rtol: float,
+                    crash_label: str | None = None) -> tuple[Case, str, str] | None:
+    """The first case whose result differs from ``expected``'s: (the case, how it differs, the
+    mistake ``explain`` names or ""); None when every case agrees. A crash is reported on
+    ``crash_label``, or on the case's own label."""
     for case in cases:
         want = expected(*case.args, **case.kwargs)
-        got = call_answer(answer, case.label, *map(_fresh, case.args), **case.kwargs)
+        got = call_answer(answer, crash_label or case.label, *map(_fresh, case.args), **case.kwargs)
         try:
             compare(got, want, atol, rtol)
         except _Mismatch as mismatch:
@@ -255,8 +309,22 @@ def first_failure(answer: Callable, cases: list[Case], expected: Callable,
                 explanation = explain(got, want, *case.args, **case.kwargs) if explain else ""
             except Exception:  # a mistake-finder that cannot read this answer explains nothing
                 explanation = ""
-            return f"on {case.label}, {mismatch}" + (f". {explanation}" if explanation else "")
+            return case, str(mismatch), explanation
     return None
+
+
+def hidden_failure(answer: Callable, hidden: HiddenCases, seed: int = HIDDEN_SEED) -> str | None:
+    """Run ``answer`` on the hidden cases drawn from ``seed``; a failure message that shows
+    neither the input nor the expected result, or None when every case agrees."""
+    cases = hidden.draw(torch.Generator().manual_seed(seed))
+    found = _first_mismatch(answer, cases, hidden.expected, hidden.explain, hidden.atol, hidden.rtol,
+                            crash_label="an input that the check does not show")
+    if found is None:
+        return None
+    _, _, explanation = found
+    return (f"passes the cases shown, but gives a wrong result on other inputs, which the check does "
+            f"not show: make sure it follows the rule for {hidden.rule}, not only for the examples"
+            + (f". {explanation}" if explanation else ""))
 
 
 def judge_cases(cases: Callable[[], list[Case]], expected: Callable,
@@ -270,6 +338,11 @@ def judge_cases(cases: Callable[[], list[Case]], expected: Callable,
             failure = then(answer)
         return failure
     return judge
+
+
+def _draw_int(generator: torch.Generator, low: int, high: int) -> int:
+    """A random int from ``low`` to ``high``, both included: for the draws of hidden cases."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
 
 
 def first_matching(mistakes: list[tuple[Callable[..., bool], str]]) -> Callable[..., str]:
@@ -288,7 +361,7 @@ def first_matching(mistakes: list[tuple[Callable[..., bool], str]]) -> Callable[
 
 def _judge_cases(exercise: Exercise, answer: Callable) -> Verdict:
     cases = exercise.cases()
-    failure = first_failure(answer, cases, exercise.expected, atol=exercise.atol, rtol=exercise.rtol)
+    failure = first_failure(answer, cases, exercise.expected, exercise.explain, exercise.atol, exercise.rtol)
     if failure is not None:
         return Verdict(exercise.name, FAILED, failure)
     return Verdict(exercise.name, PASSED, f"passed on all {len(cases)} inputs")
@@ -324,6 +397,10 @@ def judge_answer(name: str, answer: Callable) -> Verdict:
                 verdict = Verdict(name, PASSED, "passed") if failure is None else Verdict(name, FAILED, failure)
             else:
                 verdict = _judge_cases(exercise, answer)
+            if verdict.status == PASSED and exercise.hidden is not None:
+                failure = hidden_failure(answer, exercise.hidden)
+                if failure is not None:
+                    verdict = Verdict(name, FAILED, failure)
         except _AnswerFailed as failure:
             verdict = Verdict(name, FAILED, str(failure))
         except Exception as error:
@@ -359,6 +436,27 @@ def _graph_cases() -> list[Case]:
     ]
 
 
+def _graph_hidden_cases(generator: torch.Generator) -> list[Case]:
+    """Random graphs: leaves that do or do not require a gradient, combined by random operations
+    whose operands are drawn from everything built so far, so that sub-expressions are shared."""
+    unary = [torch.exp, torch.sin, torch.tanh, torch.relu, lambda t: t * 2, lambda t: -t]
+    binary = [torch.add, torch.mul, torch.sub]
+    cases = []
+    for _ in range(40):
+        pool = [torch.randn(3, generator=generator).requires_grad_(bool(_draw_int(generator, 0, 1)))
+                for _ in range(_draw_int(generator, 1, 4))]
+        for _ in range(_draw_int(generator, 0, 8)):
+            a = pool[_draw_int(generator, 0, len(pool) - 1)]
+            if _draw_int(generator, 0, 1):
+                pool.append(unary[_draw_int(generator, 0, len(unary) - 1)](a))
+            else:
+                b = pool[_draw_int(generator, 0, len(pool) - 1)]
+                pool.append(binary[_draw_int(generator, 0, len(binary) - 1)](a, b))
+        out = pool[-1].sum() if _draw_int(generator, 0, 1) else pool[-1]
+        cases.append(Case((out,), f"a random graph of {len(pool)} tensors"))
+    return cases
+
+
 def _count_graph_nodes(t: torch.Tensor) -> int:
     from helpers.graphs import backward_graph
 
@@ -375,6 +473,7 @@ register(Exercise(
          "each node once: in \"Drawing it\" a node is reached along two paths.",
     cases=_graph_cases,
     expected=_count_graph_nodes,
+    hidden=HiddenCases(_graph_hidden_cases, _count_graph_nodes, rule="any graph"),
 ))
 
 
@@ -396,6 +495,7 @@ register(Exercise(
          "reuse your walk from the previous exercise. Mind a t that is a leaf itself.",
     cases=_graph_cases,
     expected=_leaves_requiring_grad,
+    hidden=HiddenCases(_graph_hidden_cases, _leaves_requiring_grad, rule="any graph"),
 ))
 
 
@@ -431,6 +531,12 @@ def _losses_judge(cases: Callable[[], list[Case]], expected: Callable,
     return judge_cases(cases, expected, first_matching(mistakes), atol=1e-5, rtol=1e-5, then=then)
 
 
+def _losses_hidden(draw: Callable[[torch.Generator], list[Case]], expected: Callable,
+                   mistakes: list[tuple[Callable, str]], rule: str) -> HiddenCases:
+    """Hidden cases, judged as ``_losses_judge`` judges the shown ones."""
+    return HiddenCases(draw, expected, rule, first_matching(mistakes), atol=1e-5, rtol=1e-5)
+
+
 def _losses_mse_cases() -> list[Case]:
     gen = torch.Generator().manual_seed(0)
     return [
@@ -442,6 +548,39 @@ def _losses_mse_cases() -> list[Case]:
     ]
 
 
+def _losses_hidden_mse(generator: torch.Generator) -> list[Case]:
+    """Predictions and targets of 1 to 3 dimensions, of 1 to 5 elements along each."""
+    cases = []
+    for _ in range(20):
+        shape = tuple(_draw_int(generator, 1, 5) for _ in range(_draw_int(generator, 1, 3)))
+        prediction, target = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+        cases.append(Case((prediction, target), f"a prediction and target of shape {shape}"))
+    return cases
+
+
+def _losses_true_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(prediction, target)
+
+
+_LOSSES_MSE_MISTAKES = [
+    (lambda got, want, p, t: isinstance(got, torch.Tensor) and got.dim() > 0,
+     "The loss is one number: average over every element, .mean() with no dim."),
+    (_losses_gives(lambda p, t: ((p - t) ** 2).sum() / len(p)),
+     "That divides by len(prediction), the number of rows, which is right only for a 1-D "
+     "prediction such as the chapter's: divide by the number of elements, or use .mean()."),
+    (_losses_gives(lambda p, t: ((p - t) ** 2).sum()),
+     "That is the sum of the squared errors: divide by the number of elements, or use .mean()."),
+    (_losses_gives(lambda p, t: ((p - t) ** 2).mean().sqrt()),
+     "That is the root of the mean squared error (the RMSE): leave out the square root."),
+    (_losses_gives(lambda p, t: (p - t).abs().mean()),
+     "That is the mean absolute error: square the differences instead of taking their "
+     "absolute value."),
+    (_losses_gives(lambda p, t: (p - t).mean()),
+     "That averages the differences without squaring them, so errors of opposite sign cancel: "
+     "square each difference first."),
+]
+
+
 register(Exercise(
     name="losses.mean_squared_error",
     title="Write the mean squared error",
@@ -449,23 +588,9 @@ register(Exercise(
     minutes=5,
     hint="the equation of the section \"Mean squared error\": N counts every element of the "
          "tensors, not only their rows (see Tensor.mean and Tensor.numel).",
-    judge=_losses_judge(_losses_mse_cases, lambda p, t: torch.nn.functional.mse_loss(p, t), [
-        (lambda got, want, p, t: isinstance(got, torch.Tensor) and got.dim() > 0,
-         "The loss is one number: average over every element, .mean() with no dim."),
-        (_losses_gives(lambda p, t: ((p - t) ** 2).sum() / len(p)),
-         "That divides by len(prediction), the number of rows, which is right only for a 1-D "
-         "prediction such as the chapter's: divide by the number of elements, or use .mean()."),
-        (_losses_gives(lambda p, t: ((p - t) ** 2).sum()),
-         "That is the sum of the squared errors: divide by the number of elements, or use .mean()."),
-        (_losses_gives(lambda p, t: ((p - t) ** 2).mean().sqrt()),
-         "That is the root of the mean squared error (the RMSE): leave out the square root."),
-        (_losses_gives(lambda p, t: (p - t).abs().mean()),
-         "That is the mean absolute error: square the differences instead of taking their "
-         "absolute value."),
-        (_losses_gives(lambda p, t: (p - t).mean()),
-         "That averages the differences without squaring them, so errors of opposite sign cancel: "
-         "square each difference first."),
-    ]),
+    judge=_losses_judge(_losses_mse_cases, _losses_true_mse, _LOSSES_MSE_MISTAKES),
+    hidden=_losses_hidden(_losses_hidden_mse, _losses_true_mse, _LOSSES_MSE_MISTAKES,
+                          "any prediction and target of the same shape"),
 ))
 
 
@@ -620,6 +745,60 @@ def _losses_padding_not_finite(got, want, z, y, ignore_index=-100) -> bool:
             and not torch.isfinite(z[left_out]).all().item())
 
 
+def _losses_hidden_ce(generator: torch.Generator) -> list[Case]:
+    """Batches of 1 to 8 examples of 2 to 6 classes, some of whose targets are -100 or, given as
+    ignore_index, a class; at least one example is kept."""
+    cases = []
+    for i in range(20):
+        n, classes = _draw_int(generator, 1, 8), _draw_int(generator, 2, 6)
+        logits = 3 * torch.randn(n, classes, generator=generator)
+        targets = torch.randint(0, classes, (n,), generator=generator)
+        settings = {} if i % 2 else {"ignore_index": _draw_int(generator, 0, classes - 1)}
+        ignore_index = settings.get("ignore_index", -100)
+        left_out = torch.rand(n, generator=generator) < 0.3
+        left_out[_draw_int(generator, 0, n - 1)] = False
+        targets[left_out] = ignore_index
+        kept = ~left_out
+        targets[kept & (targets == ignore_index)] = (ignore_index + 1) % classes
+        cases.append(Case((logits, targets), f"{n} examples of {classes} classes, targets {targets.tolist()}, "
+                          f"{settings}", settings))
+    return cases
+
+
+def _losses_true_ce(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index)
+
+
+_LOSSES_CE_MISTAKES = [
+    (_losses_padding_not_finite,
+     "A left-out example's loss is inf or NaN here, and multiplying it by a mask of 0 still "
+     "gives NaN (0 × inf): leave the examples out by indexing, before computing their "
+     "log-probabilities."),
+    (_losses_gives(_losses_ce_over_n),
+     "That divides by all N examples, padding included: the mean is over the examples kept, "
+     "so divide by their number."),
+    (_losses_gives(lambda z, y, ignore_index=-100: torch.nn.functional.cross_entropy(z, y)),
+     "The examples whose target equals ignore_index (here not -100) must be left out: "
+     "compare the targets with the argument ignore_index."),
+    (_losses_not_finite,
+     "log(softmax(z)) overflows for large logits (exp(1000) is inf): take the "
+     "log-probabilities from your log_softmax, which subtracts the maximum first."),
+    (_losses_gives(lambda z, y: _losses_rows(torch.log_softmax(z, -1), y).mean()),
+     "The sign is wrong: the loss is the negative log-probability of the right class, "
+     "-log p[i, y_i], which is never below 0."),
+    (_losses_gives(lambda z, y: -_losses_rows(torch.log_softmax(z, -1), y).sum()),
+     "That is the sum over the batch: divide by the number of examples."),
+    (_losses_gives(lambda z, y: -torch.log_softmax(z, -1)[:, y].mean()),
+     "log_p[:, targets] picks an N × N block (every example's log-probability of every "
+     "example's target): pick one entry per row, log_p[torch.arange(N), targets]."),
+    (_losses_gives(lambda z, y: -(torch.log_softmax(z, -1)
+                                   * torch.nn.functional.one_hot(y, z.shape[-1])).mean()),
+     "That divides by N × C: sum over the classes, then average over the examples only."),
+    (_losses_gives(lambda z, y: -_losses_rows(torch.softmax(z, -1), y).mean()),
+     "That averages the probabilities of the right classes: the loss is minus their logarithm."),
+]
+
+
 register(Exercise(
     name="losses.cross_entropy",
     title="Write cross-entropy that leaves out padding",
@@ -629,35 +808,9 @@ register(Exercise(
     hint="combine the sections \"Cross-entropy\" (one log-probability per row) and \"Reductions "
          "and the gradient's scale\" (leaving examples out of the mean); a target of -100 cannot "
          "pick a log-probability.",
-    judge=_losses_judge(_losses_ce_cases, lambda z, y, ignore_index=-100: (
-        torch.nn.functional.cross_entropy(z, y, ignore_index=ignore_index)), [
-        (_losses_padding_not_finite,
-         "A left-out example's loss is inf or NaN here, and multiplying it by a mask of 0 still "
-         "gives NaN (0 × inf): leave the examples out by indexing, before computing their "
-         "log-probabilities."),
-        (_losses_gives(_losses_ce_over_n),
-         "That divides by all N examples, padding included: the mean is over the examples kept, "
-         "so divide by their number."),
-        (_losses_gives(lambda z, y, ignore_index=-100: torch.nn.functional.cross_entropy(z, y)),
-         "The examples whose target equals ignore_index (here not -100) must be left out: "
-         "compare the targets with the argument ignore_index."),
-        (_losses_not_finite,
-         "log(softmax(z)) overflows for large logits (exp(1000) is inf): take the "
-         "log-probabilities from your log_softmax, which subtracts the maximum first."),
-        (_losses_gives(lambda z, y: _losses_rows(torch.log_softmax(z, -1), y).mean()),
-         "The sign is wrong: the loss is the negative log-probability of the right class, "
-         "-log p[i, y_i], which is never below 0."),
-        (_losses_gives(lambda z, y: -_losses_rows(torch.log_softmax(z, -1), y).sum()),
-         "That is the sum over the batch: divide by the number of examples."),
-        (_losses_gives(lambda z, y: -torch.log_softmax(z, -1)[:, y].mean()),
-         "log_p[:, targets] picks an N × N block (every example's log-probability of every "
-         "example's target): pick one entry per row, log_p[torch.arange(N), targets]."),
-        (_losses_gives(lambda z, y: -(torch.log_softmax(z, -1)
-                                       * torch.nn.functional.one_hot(y, z.shape[-1])).mean()),
-         "That divides by N × C: sum over the classes, then average over the examples only."),
-        (_losses_gives(lambda z, y: -_losses_rows(torch.softmax(z, -1), y).mean()),
-         "That averages the probabilities of the right classes: the loss is minus their logarithm."),
-    ]),
+    judge=_losses_judge(_losses_ce_cases, _losses_true_ce, _LOSSES_CE_MISTAKES),
+    hidden=_losses_hidden(_losses_hidden_ce, _losses_true_ce, _LOSSES_CE_MISTAKES,
+                          "any logits and targets, whatever ignore_index is"),
 ))
 
 
@@ -862,6 +1015,7 @@ def _judge_learning_rate(answer) -> str | None:
 
 register(Exercise(
     name="optimizers.learning_rate",
+    function="converging_learning_rate",
     title="Pick a learning rate that converges on the quadratic",
     practises="the stability limit lr < 2 / (largest curvature) and the speed set by the smallest",
     minutes=15,
@@ -887,6 +1041,17 @@ def _data_stats_cases() -> list[Case]:
         Case((_data_images(1, 6, 3, 3, (255, 128, 30)),), "6 images whose channels have different ranges"),
         Case((_data_images(2, 1, 4, 4, (200, 200, 200)),), "a single image (N = 1)"),
     ]
+
+
+def _data_hidden_images(generator: torch.Generator) -> list[Case]:
+    """Batches of 1 to 6 images of 1 to 8 pixels a side, each channel with its own range."""
+    cases = []
+    for _ in range(30):
+        n, height, width = _draw_int(generator, 1, 6), _draw_int(generator, 1, 8), _draw_int(generator, 1, 8)
+        top = torch.randint(1, 256, (3, 1, 1), generator=generator)  # each channel's largest value
+        images = (torch.randint(0, 256, (n, 3, height, width), generator=generator) * top // 255).to(torch.uint8)
+        cases.append(Case((images,), f"{n} images of shape (3, {height}, {width})"))
+    return cases
 
 
 def _data_true_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -933,6 +1098,8 @@ register(Exercise(
          "runs, and which standard deviation it takes; the section on transforms says how uint8 values "
          "become [0, 1]. torch.std_mean can compute both at once.",
     judge=judge_cases(_data_stats_cases, _data_true_stats, _data_stats_mistake, atol=1e-5, rtol=1e-4),
+    hidden=HiddenCases(_data_hidden_images, _data_true_stats, explain=_data_stats_mistake, atol=1e-5, rtol=1e-4,
+                       rule="any number and size of images"),
 ))
 
 
@@ -946,10 +1113,36 @@ def _data_batches_cases() -> list[Case]:
     ]
 
 
+def _data_hidden_batches(generator: torch.Generator) -> list[Case]:
+    """Epochs of every kind, in turn: a multiple of the batch size, a number that is not, and
+    fewer samples than one batch; each with and without drop_last."""
+    cases = []
+    for i in range(120):
+        batch_size = _draw_int(generator, 2, 1024)
+        full_batches = 0 if i % 3 == 2 else _draw_int(generator, 1, 200)
+        left_over = 0 if i % 3 == 0 else _draw_int(generator, 1, batch_size - 1)
+        num_samples, drop_last = full_batches * batch_size + left_over, i % 2 == 1
+        cases.append(Case((num_samples, batch_size), f"{num_samples} samples in batches of {batch_size}",
+                          {"drop_last": drop_last}))
+    return cases
+
+
 def _data_loader_length(num_samples: int, batch_size: int, drop_last: bool = False) -> int:
     from torch.utils.data import DataLoader
 
     return len(DataLoader(range(num_samples), batch_size=batch_size, drop_last=drop_last))
+
+
+def _data_batches_mistake(got: Any, want: int, num_samples: int, batch_size: int, drop_last: bool = False) -> str:
+    """Name the usual mistake behind a wrong number of batches, or return ''; it names no input."""
+    if isinstance(got, bool) or not isinstance(got, int):
+        return "Return the number of batches as an int"
+    if not drop_last and got == num_samples // batch_size:
+        return ("Without drop_last, the samples left over after the last full batch still form a batch, "
+                "a smaller one")
+    if drop_last and got == -(-num_samples // batch_size):
+        return "With drop_last=True, the samples left over after the last full batch form no batch"
+    return ""
 
 
 register(Exercise(
@@ -961,6 +1154,9 @@ register(Exercise(
          "happens to the examples left over after the last full batch, with and without drop_last?",
     cases=_data_batches_cases,
     expected=_data_loader_length,
+    explain=_data_batches_mistake,
+    hidden=HiddenCases(_data_hidden_batches, _data_loader_length, explain=_data_batches_mistake,
+                       rule="any number of samples and batch size, with and without drop_last"),
 ))
 
 
@@ -979,6 +1175,20 @@ def _training_conv_cases() -> list[Case]:
     ]
 
 
+def _training_hidden_convs(generator: torch.Generator) -> list[Case]:
+    """Convolutions of random kernel size, stride, padding and dilation, on inputs at least as wide
+    as the spread-out kernel."""
+    cases = []
+    for _ in range(60):
+        kernel_size, stride = _draw_int(generator, 1, 7), _draw_int(generator, 1, 4)
+        padding, dilation = _draw_int(generator, 0, 3), _draw_int(generator, 1, 4)
+        smallest = max(1, dilation * (kernel_size - 1) + 1 - 2 * padding)
+        size = _draw_int(generator, smallest, smallest + 40)
+        settings = {"stride": stride, "padding": padding, "dilation": dilation}
+        cases.append(Case((size, kernel_size), f"size {size}, kernel {kernel_size}, {settings}", settings))
+    return cases
+
+
 def _training_conv_size(size: int, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
     conv = torch.nn.Conv2d(1, 1, kernel_size, stride=stride, padding=padding, dilation=dilation)
     with torch.no_grad():
@@ -987,15 +1197,16 @@ def _training_conv_size(size: int, kernel_size: int, stride: int = 1, padding: i
 
 def _training_conv_mistake(got: Any, want: int, size: int, kernel_size: int, stride: int = 1, padding: int = 0,
                            dilation: int = 1) -> str:
-    """Name the usual mistake behind a wrong output size of a dilated convolution, or return ''."""
+    """Name the usual mistake behind a wrong output size of a dilated convolution, or return ''; it
+    names no input."""
     if dilation == 1:
         return ""
     if got == (size + 2 * padding - kernel_size) // stride + 1:
         return ("That is the size without dilation: spread out, the kernel covers more pixels than "
                 "kernel_size, so it fits at fewer positions")
     if got == (size + 2 * padding - dilation * kernel_size) // stride + 1:
-        return (f"That takes the kernel to cover dilation * kernel_size pixels; its {kernel_size} taps, "
-                f"{dilation} pixels apart, have {kernel_size - 1} gaps between them, not {kernel_size}")
+        return ("That takes the kernel to cover dilation * kernel_size pixels; but its kernel_size taps, "
+                "dilation pixels apart, have one gap fewer between them than there are taps")
     return ""
 
 
@@ -1008,6 +1219,8 @@ register(Exercise(
          "pixels the kernel covers from its first weight to its last. Draw a 3-wide kernel with dilation 2 "
          "on paper; the shape formula in the documentation of torch.nn.Conv2d confirms your answer.",
     judge=judge_cases(_training_conv_cases, _training_conv_size, _training_conv_mistake),
+    hidden=HiddenCases(_training_hidden_convs, _training_conv_size, explain=_training_conv_mistake,
+                       rule="any size, kernel size, stride, padding and dilation"),
 ))
 
 
@@ -1016,13 +1229,69 @@ def _training_mean_loss_setup():
     from torch.utils.data import DataLoader, TensorDataset
 
     gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5),
-                                torch.nn.Linear(16, 3))
+    with torch.random.fork_rng(devices=[]):  # the learner's random state is left as it was
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                                    torch.nn.Linear(16, 3))
     inputs, targets = torch.randn(10, 4, generator=gen), torch.randint(0, 3, (10,), generator=gen)
     targets[8:] = int(model[3].bias.argmin())  # the last, small batch is harder than the rest
     loader = DataLoader(TensorDataset(inputs, targets), batch_size=4)
     return model, loader, inputs, targets
+
+
+def _training_batch_losses(model, loader, loss_fn) -> list[tuple[float, int]]:
+    """Each batch's mean loss and size, in eval mode without gradients; the model is then put back
+    in training mode."""
+    model.eval()
+    with torch.no_grad():
+        losses = [(loss_fn(model(x), y).item(), len(y)) for x, y in loader]
+    model.train()
+    return losses
+
+
+def _training_true_mean_loss(model, loader, loss_fn) -> float:
+    losses = _training_batch_losses(model, loader, loss_fn)
+    return sum(loss * size for loss, size in losses) / sum(size for _, size in losses)
+
+
+def _training_mean_of_batch_means(model, loader, loss_fn) -> float:
+    """The usual mistake: every batch's mean loss counts once, whatever the batch's size."""
+    losses = _training_batch_losses(model, loader, loss_fn)
+    return sum(loss for loss, _ in losses) / len(losses)
+
+
+def _training_mean_loss_mistake(got: Any, want: float, model, loader, loss_fn) -> str:
+    """Name the usual mistake behind a wrong mean loss, or return ''; it names no input."""
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, float) and math.isclose(got, _training_mean_of_batch_means(model, loader, loss_fn),
+                                               rel_tol=1e-5):
+        return ("That is the mean of the batch means, which gives a smaller last batch as much weight as a "
+                "full one: weight each batch's mean loss by its size and divide by the number of samples")
+    return ""
+
+
+def _training_hidden_mean_losses(generator: torch.Generator) -> list[Case]:
+    """Random models with dropout, in training mode, and loaders whose last batch is often smaller.
+    Their weights come from ``generator``: the learner's global random state is left alone."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    cases = []
+    for _ in range(8):
+        features, width, classes = _draw_int(generator, 2, 6), _draw_int(generator, 4, 16), _draw_int(generator, 2, 5)
+        model = torch.nn.Sequential(torch.nn.utils.skip_init(torch.nn.Linear, features, width), torch.nn.ReLU(),
+                                    torch.nn.Dropout(0.5), torch.nn.utils.skip_init(torch.nn.Linear, width, classes))
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+        num_samples, batch_size = _draw_int(generator, 5, 40), _draw_int(generator, 2, 8)
+        inputs = torch.randn(num_samples, features, generator=generator)
+        targets = torch.randint(0, classes, (num_samples,), generator=generator)
+        loader = DataLoader(TensorDataset(inputs, targets), batch_size=batch_size)
+        cases.append(Case((model, loader, torch.nn.CrossEntropyLoss()),
+                          f"a model of {features} inputs and {classes} classes, {num_samples} samples in "
+                          f"batches of {batch_size}"))
+    return cases
 
 
 def _training_judge_mean_loss(answer: Callable) -> str | None:
@@ -1031,8 +1300,8 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
     model.eval()
     with torch.no_grad():
         want = loss_fn(model(inputs), targets).item()
-        mean_of_batch_means = sum(loss_fn(model(x), y).item() for x, y in loader) / len(loader)
     model.train()
+    mean_of_batch_means = _training_mean_of_batch_means(model, loader, loss_fn)
     seen = []  # (grad mode, training mode) at each forward pass
     model.register_forward_hook(lambda module, args, output: seen.append((torch.is_grad_enabled(), module.training)))
     label = "a model with dropout and a loader of 10 samples in batches of 4, 4 and 2"
@@ -1066,6 +1335,8 @@ register(Exercise(
     hint="the section \"What the loop leaves out\" names the two switches an evaluation needs, and the "
          "section after it explains why a batch's mean loss must count as many times as it has samples.",
     judge=_training_judge_mean_loss,
+    hidden=HiddenCases(_training_hidden_mean_losses, _training_true_mean_loss,
+                       explain=_training_mean_loss_mistake, rule="any model and loader"),
 ))
 
 
@@ -1120,6 +1391,7 @@ def _judge_sigmoid_op(answer: Callable) -> str | None:
 
 register(Exercise(
     name="autograd.sigmoid_op",
+    function="sigmoid",
     title="Add an operation to the engine",
     practises="local derivatives; backward closures that accumulate into .grad",
     minutes=15,
@@ -1245,6 +1517,25 @@ def _fast_smoothing_cases() -> list[Case]:
     return cases
 
 
+def _fast_hidden_smoothing(generator: torch.Generator) -> list[Case]:
+    """Batches of 1 to 8 rows of 2 to 10 classes, some of whose targets are ignored (-100, or a
+    class given as ignore_index), with smoothing from 0 to 0.5; at least one row is kept."""
+    cases = []
+    for i in range(20):
+        n, classes = _draw_int(generator, 1, 8), _draw_int(generator, 2, 10)
+        logits = 3 * torch.randn(n, classes, generator=generator)
+        targets = torch.randint(0, classes, (n,), generator=generator)
+        smoothing = _draw_int(generator, 0, 10) / 20
+        ignore_index = -100 if i % 2 else _draw_int(generator, 0, classes - 1)
+        left_out = torch.rand(n, generator=generator) < 0.3
+        left_out[_draw_int(generator, 0, n - 1)] = False
+        targets[left_out] = ignore_index
+        targets[~left_out & (targets == ignore_index)] = (ignore_index + 1) % classes
+        cases.append(Case((logits, targets, smoothing, ignore_index), f"{n} rows of {classes} logits with "
+                          f"smoothing {smoothing}, ignore_index={ignore_index} and targets {targets.tolist()}"))
+    return cases
+
+
 def _fast_true_smoothing(logits, targets, smoothing, ignore_index=-100) -> torch.Tensor:
     import torch.nn.functional as F
 
@@ -1296,6 +1587,9 @@ register(Exercise(
          "not ignore_index, and use only those rows (F.one_hot refuses a target of -100); the mean "
          "is over them alone.",
     judge=judge_cases(_fast_smoothing_cases, _fast_true_smoothing, _fast_smoothing_mistake),
+    # Without an explain: _fast_smoothing_mistake names the numbers of rows and classes of the case.
+    hidden=HiddenCases(_fast_hidden_smoothing, _fast_true_smoothing,
+                       rule="any logits, targets, smoothing and ignore_index"),
 ))
 
 
@@ -1387,43 +1681,85 @@ def _distributed_sampler_indices(num_examples: int, world_size: int, rank: int, 
     return list(sampler)
 
 
+def _distributed_hidden_shards(generator: torch.Generator) -> list[Case]:
+    """Up to 60 examples on up to 8 ranks, so that the order is often padded or cut and sometimes
+    shorter than the number of ranks; any rank, epoch and seed, with and without drop_last."""
+    cases = []
+    for _ in range(100):
+        n, world = _draw_int(generator, 1, 60), _draw_int(generator, 1, 8)
+        rank, epoch = _draw_int(generator, 0, world - 1), _draw_int(generator, 0, 9)
+        settings = {"seed": _draw_int(generator, 0, 5), "drop_last": bool(_draw_int(generator, 0, 1))}
+        cases.append(Case((n, world, rank, epoch), f"{n} examples, {world} ranks, rank {rank}, epoch {epoch}, "
+                          f"{settings}", settings))
+    return cases
+
+
+def _distributed_shard_mistake(got: list[int], n: int, world: int, rank: int, epoch: int, seed: int = 0,
+                               drop_last: bool = False) -> str:
+    """Which usual mistake gives the wrong indices ``got``: "epoch", "drop_last", "length", "block", or ""."""
+    def sampler(**changed) -> list[int]:  # the reference, with some settings changed
+        settings = {"rank": rank, "epoch": epoch, "drop_last": drop_last} | changed
+        return _distributed_sampler_indices(n, world, seed=seed, **settings)
+
+    want = sampler()
+    if epoch > 0 and got == sampler(epoch=0):
+        return "epoch"
+    if drop_last and got == sampler(drop_last=False):
+        return "drop_last"
+    if len(got) != len(want):
+        return "length"
+    # The padded (or cut) order that the ranks take their strides of, rebuilt from theirs.
+    shares = [sampler(rank=r) for r in range(world)]
+    order = [share[k] for k in range(len(want)) for share in shares]
+    return "block" if got == order[rank * len(want):(rank + 1) * len(want)] else ""
+
+
 def _distributed_judge_shards(answer: Callable) -> str | None:
     for case in _distributed_shard_cases():
-        n, world, rank, epoch = case.args
-        seed, drop_last = case.kwargs.get("seed", 0), case.kwargs.get("drop_last", False)
-
-        def sampler(**changed) -> list[int]:  # the reference, with some settings changed
-            settings = {"rank": rank, "epoch": epoch, "drop_last": drop_last} | changed
-            return _distributed_sampler_indices(n, world, seed=seed, **settings)
-
-        want = sampler()
+        n, world, rank, _ = case.args
+        want = _distributed_sampler_indices(*case.args, **case.kwargs)
         got = call_answer(answer, case.label, *case.args, **case.kwargs)
-        if isinstance(got, torch.Tensor):
-            got = got.tolist()
         if not isinstance(got, list) or not all(isinstance(i, int) for i in got):
             return f"on {case.label}, expected a list of ints, got {_describe(got)}"
         if got == want:
             continue
-        if epoch > 0 and got == sampler(epoch=0):
+        mistake = _distributed_shard_mistake(got, *case.args, **case.kwargs)
+        if mistake == "epoch":
             return (f"on {case.label}, got the order of epoch 0: the order must change every epoch (the "
                     f"generator's seed depends on the epoch, which is what sampler.set_epoch sets)")
-        if drop_last and got == sampler(drop_last=False):
+        if mistake == "drop_last":
             return (f"on {case.label}, got the indices for drop_last=False: with drop_last=True the order "
                     f"is not padded but cut, so that it divides evenly among the ranks")
-        if len(got) != len(want):
+        if mistake == "length":
             padding = len(want) * world - n
             why = (f": the padding ({padding} indices) is longer than the order ({n}), so the order is "
                    f"repeated from its start as many times as needed" if padding > n else "")
             count = f"{len(want)} index" if len(want) == 1 else f"{len(want)} indices"
             return f"on {case.label}, expected {count}, got {len(got)}{why}"
-        # The padded (or cut) order that the ranks take their strides of, rebuilt from theirs.
-        shares = [sampler(rank=r) for r in range(world)]
-        order = [share[k] for k in range(len(want)) for share in shares]
-        if got == order[rank * len(want):(rank + 1) * len(want)]:
+        if mistake == "block":
             return (f"on {case.label}, got a contiguous block of the shuffled order; rank {rank} takes "
                     f"the positions {rank}, {rank + world}, {rank + 2 * world}, ... of it")
         return f"on {case.label}, expected {want}, got {got}"
     return None
+
+
+_DISTRIBUTED_SHARD_MISTAKES = {  # the mistakes of _distributed_shard_mistake, in words that name no input
+    "epoch": "That is the order of epoch 0: the order must change every epoch (the generator's seed depends "
+             "on the epoch, which is what sampler.set_epoch sets)",
+    "drop_last": "Those are the indices for drop_last=False: with drop_last=True the order is not padded but "
+                 "cut, so that it divides evenly among the ranks",
+    "length": "The number of indices is wrong: every rank gets as many, from the order padded (or, with "
+              "drop_last=True, cut) to a multiple of world_size; a padding longer than the order repeats "
+              "the order from its start as many times as needed",
+    "block": "That is a contiguous block of the shuffled order; each rank takes every world_size-th position "
+             "of it, from the position equal to its rank",
+}
+
+
+def _distributed_shard_explain(got: Any, want: list[int], *args, **kwargs) -> str:
+    if not isinstance(got, list) or not all(isinstance(i, int) for i in got):
+        return "Return a list of ints"
+    return _DISTRIBUTED_SHARD_MISTAKES.get(_distributed_shard_mistake(got, *args, **kwargs), "")
 
 
 register(Exercise(
@@ -1435,6 +1771,9 @@ register(Exercise(
          "drop_last=False, and the paragraph on drop_last after it says what drop_last=True changes. "
          "Try your function with fewer examples than ranks, and compare with DistributedSampler.",
     judge=_distributed_judge_shards,
+    hidden=HiddenCases(_distributed_hidden_shards, _distributed_sampler_indices, explain=_distributed_shard_explain,
+                       rule="any number of examples and of ranks, any rank, epoch and seed, with and without "
+                            "drop_last"),
 ))
 
 
@@ -1569,6 +1908,21 @@ def _evaluation_label_cases() -> list[Case]:
     ]
 
 
+def _evaluation_hidden_labels(generator: torch.Generator) -> list[Case]:
+    """Labels of 2 to 8 classes, some of which may be absent or never predicted, as lists or as
+    tensors."""
+    cases = []
+    for i in range(40):
+        num_classes, n = _draw_int(generator, 2, 8), _draw_int(generator, 1, 60)
+        y_true = torch.randint(0, num_classes, (n,), generator=generator)
+        guesses = torch.randint(0, num_classes, (n,), generator=generator)
+        y_pred = torch.where(torch.rand(n, generator=generator) < 0.5, y_true, guesses)
+        if i % 2:
+            y_true, y_pred = y_true.tolist(), y_pred.tolist()
+        cases.append(Case((y_true, y_pred, num_classes), f"{n} samples of {num_classes} classes"))
+    return cases
+
+
 def _evaluation_true_macro_f1(y_true, y_pred, num_classes: int) -> float:
     from helpers.metrics import confusion_matrix, f1_score, macro_average
 
@@ -1616,6 +1970,8 @@ register(Exercise(
          "counts of every class, the form of F1 that needs no special case, and which classes the mean "
          "runs over (a confusion matrix gives all the counts at once).",
     judge=judge_cases(_evaluation_label_cases, _evaluation_true_macro_f1, _evaluation_macro_f1_mistake),
+    hidden=HiddenCases(_evaluation_hidden_labels, _evaluation_true_macro_f1, explain=_evaluation_macro_f1_mistake,
+                       rule="any labels and number of classes"),
 ))
 
 
@@ -1646,33 +2002,41 @@ def _evaluation_stopping(val_losses, patience: int, ties_improve: bool = False) 
     return best_epoch, len(val_losses)
 
 
-def _evaluation_judge_early_stopping(answer: Callable) -> str | None:
-    for case in _evaluation_curves():
-        losses, patience = case.args
-        want, stop = _evaluation_stopping(losses, patience)
-        got = call_answer(answer, case.label, list(losses), patience)
-        if isinstance(got, bool) or not isinstance(got, int):
-            return f"on {case.label}, expected an epoch number (an int), got {type(got).__name__} {_describe(got)}"
-        if got == want:
-            continue
-        message = f"on {case.label}, expected epoch {want}, got {got}"
-        global_best = min(range(len(losses)), key=lambda i: losses[i]) + 1
-        ties_best, _ = _evaluation_stopping(losses, patience, ties_improve=True)
-        if got == want - 1:
-            message += (". Epochs are numbered from 1, as in fit's history: add 1 to the index of the best "
-                        "loss")
-        elif got == stop and stop != want:
-            message += (f". That is the epoch at which training stops (after {patience} epochs without "
-                        f"improvement); early stopping keeps the weights of the best epoch before it")
-        elif got == global_best:
-            message += (f". Epoch {got} has the lowest validation loss of the whole curve, but training "
-                        f"stopped after epoch {stop}, when {patience} epochs in a row had not improved on "
-                        f"epoch {want}: later epochs are never seen")
-        elif got == ties_best:
-            message += (". A loss equal to the best so far is not an improvement: keep the first epoch "
-                        "that reached it, and count the tie as an epoch without improvement")
-        return message
-    return None
+def _evaluation_kept_epoch(val_losses, patience: int) -> int:
+    return _evaluation_stopping(val_losses, patience)[0]
+
+
+def _evaluation_hidden_curves(generator: torch.Generator) -> list[Case]:
+    """Validation curves that fall, wander and rise, with ties (the losses have two decimals), of
+    3 to 30 epochs, and patience from 1 to 5."""
+    cases = []
+    for _ in range(100):
+        epochs, patience = _draw_int(generator, 3, 30), _draw_int(generator, 1, 5)
+        steps = 0.05 * torch.randn(epochs, generator=generator, dtype=torch.float64) - 0.01
+        losses = [round(loss, 2) for loss in (1.0 + steps.cumsum(0)).clamp_min(0.01).tolist()]
+        cases.append(Case((losses, patience), f"losses {losses} with patience {patience}"))
+    return cases
+
+
+def _evaluation_stopping_mistake(got: Any, want: int, val_losses, patience: int) -> str:
+    """Name the usual mistake behind a wrong epoch, or return ''; it names no input."""
+    if isinstance(got, bool) or not isinstance(got, int):
+        return "Return the epoch number as an int"
+    _, stop = _evaluation_stopping(val_losses, patience)
+    global_best = min(range(len(val_losses)), key=lambda i: val_losses[i]) + 1
+    ties_best, _ = _evaluation_stopping(val_losses, patience, ties_improve=True)
+    if got == want - 1:
+        return "Epochs are numbered from 1, as in fit's history: add 1 to the index of the best loss"
+    if got == stop:
+        return ("That is the epoch at which training stops (after patience epochs without improvement); "
+                "early stopping keeps the weights of the best epoch before it")
+    if got == global_best:
+        return ("That epoch has the lowest validation loss of the whole curve, but training stopped before "
+                "it, once patience epochs in a row had not improved on the best: later epochs are never seen")
+    if got == ties_best:
+        return ("A loss equal to the best so far is not an improvement: keep the first epoch that reached it, "
+                "and count the tie as an epoch without improvement")
+    return ""
 
 
 register(Exercise(
@@ -1683,5 +2047,7 @@ register(Exercise(
     hint="the section \"Early stopping\" describes the rule, and its EarlyStopping class applies it one "
          "epoch at a time: follow the same steps over the list, and mind what counts as an improvement "
          "and how epochs are numbered.",
-    judge=_evaluation_judge_early_stopping,
+    judge=judge_cases(_evaluation_curves, _evaluation_kept_epoch, _evaluation_stopping_mistake),
+    hidden=HiddenCases(_evaluation_hidden_curves, _evaluation_kept_epoch, explain=_evaluation_stopping_mistake,
+                       rule="any curve and patience"),
 ))

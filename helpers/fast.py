@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -518,7 +519,8 @@ class StepResult:
     def line(self) -> str:
         """One line for a reader: the numbers, or why there are none (and any stderr text)."""
         if self.skipped:
-            return textwrap.fill(f"{self.name}: skipped. {self.skipped}", 79, subsequent_indent="  ")
+            return textwrap.fill(f"{self.name}: skipped. {self.skipped}", 79, subsequent_indent="  ",
+                                 break_on_hyphens=False)
         # Non-breaking spaces keep "1.23 s" on one line when wrapped (textwrap splits on ASCII spaces).
         epochs = f"{self.epochs}\u00a0epoch{'s' if self.epochs != 1 else ''}"
         text = (f"{self.name}: {epochs} in {self.train_seconds:.2f}\u00a0s (after "
@@ -530,7 +532,8 @@ class StepResult:
         lines = self.messages.strip().splitlines()
         if lines:
             text += f". PyTorch wrote {len(lines)} line(s) to stderr meanwhile; the first: {lines[0][:200]}"
-        return textwrap.fill(text, 79, subsequent_indent="  ").replace("\u00a0", " ")
+        return textwrap.fill(text, 79, subsequent_indent="  ",
+                             break_on_hyphens=False).replace("\u00a0", " ")
 
 
 def run_step(name: str, model: nn.Module, train_loader, test_loader, *,
@@ -708,7 +711,7 @@ def plot_results(results: Sequence[StepResult], title: str = ""):
     """Training time (log scale) and test accuracy per step, as horizontal bars; returns the figure."""
     names = [r.name for r in results][::-1]
     ran = [r for r in results][::-1]
-    fig, (time_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 0.45 * len(results) + 1.4), sharey=True)
+    fig, (time_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 0.45 * len(results) + 1.4), sharey=True)
     y = np.arange(len(ran))
     seconds = [r.train_seconds if not r.skipped else 0 for r in ran]
     accuracies = [100 * r.test_accuracy if not r.skipped else 0 for r in ran]
@@ -718,12 +721,17 @@ def plot_results(results: Sequence[StepResult], title: str = ""):
     if positive:
         time_ax.set_xscale("log")
         time_ax.set_xlim(min(positive) / 2, max(positive) * 3)
+        # Seconds as plain numbers at 1, 2, 5, 10, ...: matplotlib's own labels of a log axis
+        # over less than two decades are powers of ten, and its minor ones collide.
+        time_ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        time_ax.xaxis.set_major_formatter(FuncFormatter(lambda seconds, _: f"{seconds:g}"))
+        time_ax.xaxis.set_minor_formatter(NullFormatter())
     for i, r in enumerate(ran):
         if r.skipped:
-            time_ax.text(time_ax.get_xlim()[0] * 1.1, i, "skipped", va="center", fontsize=8)
+            time_ax.text(time_ax.get_xlim()[0] * 1.1, i, "skipped", va="center", fontsize=9)
         else:
-            time_ax.text(r.train_seconds * 1.05, i, f"{r.train_seconds:.2f} s", va="center", fontsize=8)
-            acc_ax.text(100 * r.test_accuracy + 1, i, f"{r.test_accuracy:.1%}", va="center", fontsize=8)
+            time_ax.text(r.train_seconds * 1.05, i, f"{r.train_seconds:.2f} s", va="center", fontsize=9)
+            acc_ax.text(100 * r.test_accuracy + 1, i, f"{r.test_accuracy:.1%}", va="center", fontsize=9)
     time_ax.set_yticks(y, names)
     time_ax.set_xlabel("training time, seconds (log scale)")
     acc_ax.set_xlabel("test accuracy, %")
@@ -761,7 +769,8 @@ class ProfileReport:
             short = name if len(name) <= 48 else name[:45] + "..."
             lines.append(f"  {short:<48} {calls:>5} calls {1000 * seconds / self.steps:8.3f} ms/step")
         if self.messages.strip():
-            lines.append(textwrap.fill(f"(stderr meanwhile: {self.messages.strip().splitlines()[0][:200]})", 79))
+            lines.append(textwrap.fill(f"(stderr meanwhile: {self.messages.strip().splitlines()[0][:200]})", 79,
+                                       break_on_hyphens=False))
         return "\n".join(lines)
 
 

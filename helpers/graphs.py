@@ -5,6 +5,8 @@ Introduced in the chapter "The dynamic computation graph" (book/dynamic_graph.ip
 
 from __future__ import annotations
 
+import re
+
 import matplotlib.pyplot as plt
 import torch
 
@@ -82,3 +84,9 @@ def draw_autograd_graph(t: torch.Tensor, names: dict[str, torch.Tensor] | None =
     ax.set_ylim(-max(rows) - 0.6, 0.6)
     ax.axis("off")
     return ax
+
+
+def graph_code(graph_module: torch.nn.Module) -> str:
+    """The Python code of a captured FX graph (``torch.fx``, ``torch.export``, ``torch.compile``),
+    without the ``;  x = None`` statements FX adds after each line to free memory early."""
+    return re.sub(r";  (\w+ = )+None", "", graph_module.code.strip())

@@ -20,10 +20,12 @@ with neither has F1 0. Macro averages are taken over all ``K`` classes, those in
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,14 +47,35 @@ def _as_labels(values, name: str) -> torch.Tensor:
     if values.numel() == 0 and values.dim() == 1:
         return torch.zeros(0, dtype=torch.int64)  # torch.as_tensor([]) is float32; no labels is no labels
     if values.dim() != 1:
-        hint = (": it looks like scores per class (logits or probabilities); take .argmax(dim=1) first"
-                if values.dim() == 2 else "")
+        hint = ""
+        if values.dim() == 2 and values.shape[1] == 1:  # a column of labels; argmax of it would be all 0
+            hint = ": it looks like a column of labels; take .squeeze(1) (or .flatten()) first"
+        elif values.dim() == 2:
+            hint = ": it looks like scores per class (logits or probabilities); take .argmax(dim=1) first"
         raise ValueError(f"{name} must be a 1-D tensor of class indices, one per sample, got shape "
                          f"{tuple(values.shape)}{hint}")
     if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class indices, got dtype {values.dtype}: predicted "
                         f"classes are logits.argmax(dim=1), and labels from a dataset are integers")
     return values.detach().to("cpu", torch.int64)
+
+
+def _check_num_classes(num_classes) -> int:
+    """``num_classes`` as a Python int of at least 1; any integer type is accepted (a NumPy or a 0-d
+    tensor integer too, through ``operator.index``), but not a bool or a float."""
+    # operator.index takes True (and a bool tensor) as 1, but a bool is no count of classes.
+    is_bool = isinstance(num_classes, (bool, np.bool_)) or (
+        isinstance(num_classes, torch.Tensor) and num_classes.dtype == torch.bool)
+    try:
+        count = operator.index(num_classes)
+    except TypeError:
+        count = None
+    if count is None or is_bool:
+        raise TypeError(f"num_classes must be a positive integer, got {num_classes!r} "
+                        f"({type(num_classes).__name__}): the number of classes, e.g. len(classes)")
+    if count < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {count}")
+    return count
 
 
 def _check_labels(y_true, y_pred, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +85,7 @@ def _check_labels(y_true, y_pred, num_classes: int | None = None) -> tuple[torch
         raise ValueError(f"y_true has {len(y_true)} labels but y_pred has {len(y_pred)}: they must "
                          f"describe the same samples, in the same order")
     if num_classes is not None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        num_classes = _check_num_classes(num_classes)
         for name, labels in (("y_true", y_true), ("y_pred", y_pred)):
             outside = labels[(labels < 0) | (labels >= num_classes)]
             if len(outside):
@@ -101,6 +123,7 @@ def confusion_matrix(y_true, y_pred, num_classes: int) -> torch.Tensor:
     predicted ones. ``y_true`` and ``y_pred`` are (N,) class indices in ``0 .. K-1``. Row sums are
     the class counts, column sums how often each class was predicted, the trace the correct ones.
     """
+    num_classes = _check_num_classes(num_classes)
     y_true, y_pred = _check_labels(y_true, y_pred, num_classes)
     # Each pair (i, j) gets its own bin i * K + j: one bincount counts all K * K pairs at once.
     pairs = y_true * num_classes + y_pred
@@ -270,7 +293,7 @@ def plot_confusion_matrix(confusion, classes: Sequence[str], ax=None, title: str
         for j in range(k):
             count = confusion[i, j].item()
             text = f"{count:.0f}" if float(count).is_integer() else f"{count:.2f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7 if k > 6 else 10,
+            ax.text(j, i, text, ha="center", va="center", fontsize=9 if k > 6 else 11,
                     color="white" if shares[i, j] > 0.5 else "black")
     ax.set_xticks(range(k), classes, rotation=45, ha="right")
     ax.set_yticks(range(k), classes)

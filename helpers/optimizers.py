@@ -318,7 +318,7 @@ def draw_paths(surface: LossSurface, paths: dict[str, torch.Tensor], ax=None):
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_title(surface.name)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    ax.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     return ax
 
 

@@ -1,4 +1,4 @@
-"""Where and how the course's code runs: quick mode, device, seeds, timing.
+"""Where and how the course's code runs: quick mode, device, seeds, timing; showing code.
 
 Introduced in the preface and used by every chapter.
 
@@ -8,9 +8,11 @@ network: small data, one short epoch. The test suite runs in quick mode; readers
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
+import textwrap
 import time
 from datetime import date
 
@@ -39,6 +41,14 @@ def pick(full, quick):
     return quick if quick_mode() else full
 
 
+# What to do when a device asked for by name is missing.
+_MISSING_DEVICE_REMEDY = {
+    "cuda": ("in Colab, choose Runtime > Change runtime type > GPU; elsewhere, on a machine with an "
+             "NVIDIA GPU, install a CUDA build of PyTorch (see pytorch.org), or pass 'cpu'"),
+    "mps": "it needs a Mac with Apple silicon and macOS 12.3 or later; elsewhere, pass 'cpu'",
+}
+
+
 def pick_device(prefer: str | None = None) -> torch.device:
     """The best available device: CUDA, then Apple's MPS, then the CPU.
 
@@ -54,7 +64,8 @@ def pick_device(prefer: str | None = None) -> torch.device:
         if prefer not in available:
             raise ValueError(f"unknown device {prefer!r}: choose one of {sorted(available)}")
         if not available[prefer]:
-            raise RuntimeError(f"device {prefer!r} was asked for but is not available here")
+            raise RuntimeError(f"device {prefer!r} was asked for but is not available here: "
+                               f"{_MISSING_DEVICE_REMEDY[prefer]}")
         return torch.device(prefer)
     for name in ("cuda", "mps", "cpu"):
         if available[name]:
@@ -84,6 +95,15 @@ def describe_run(device: torch.device | str | None = None) -> str:
     else:
         line += ". Full run."
     return line
+
+
+def show_source(*objects):
+    """The source code of functions, classes or methods, as Markdown that the book shows as
+    highlighted Python; a method loses its class's indentation."""
+    from IPython.display import Markdown
+
+    sources = [textwrap.dedent(inspect.getsource(obj)) for obj in objects]
+    return Markdown("```python\n" + "\n\n".join(source.rstrip("\n") for source in sources) + "\n```")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

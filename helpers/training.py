@@ -396,6 +396,11 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
 
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # torch's messages embolden text for terminals
+_ZIP_START = b"PK\x03\x04"  # the first bytes of the zip archive torch.save writes
+_LEGACY_START = b"\x80\x02\x8a\n"  # torch.save's older format: a pickle of its magic number
+_RECOVER = ("restore it from a copy, or start the run again (fit with overwrite=True, or another "
+            "checkpoint_path)")
+_NEW_RUN = "start a new run (in fit: overwrite=True, or another checkpoint_path)"
 
 
 def _describe_foreign(state: Any) -> str:
@@ -411,42 +416,94 @@ def _a(noun: str) -> str:
     return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
-def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
-                    *, scheduler=None, restore_rng: bool = True, loader_generator: torch.Generator | None = None) -> dict:
-    """Read a checkpoint written by ``save_checkpoint`` and restore what is given into it.
-
-    Loads with ``torch.load(..., weights_only=True)``: tensors and plain containers only, never
-    arbitrary Python objects. Restores ``model``, ``optimizer``, ``scheduler`` and ``loader_generator``
-    when given, and the global random generators when ``restore_rng``. Returns the checkpoint
-    (``"epoch"``, ``"history"``, ...). Raises ``CheckpointError`` saying what is wrong with the file.
-    """
-    path = Path(path)
+def _read_checkpoint(path: Path) -> dict:
+    """The checkpoint at ``path``, checked to be one that ``save_checkpoint`` wrote; restores nothing."""
     if not path.is_file():
         raise FileNotFoundError(f"there is no checkpoint file at {path}")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is not the zip archive torch.save "
-                              f"writes (a file cut short by a crash or a full disk, or another kind of file)")
-    with zipfile.ZipFile(path) as archive:
-        if not any(name.endswith("/data.pkl") for name in archive.namelist()):
-            raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint: it lacks the "
-                                  f"data.pkl that torch.save writes into every file")
+    with open(path, "rb") as f:
+        start = f.read(len(_ZIP_START))
+    is_zip = zipfile.is_zipfile(path)
+    if start == _ZIP_START and not is_zip:
+        raise CheckpointError(f"{path} is cut short: it starts as the zip archive torch.save writes, but "
+                              f"the archive's end is missing (a crash, a full disk or a copy that stopped): "
+                              f"{_RECOVER}")
+    if is_zip:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+                    raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint: it lacks "
+                                          f"the data.pkl that torch.save writes into every file")
+                # torch.load does not check the archive's checksums: a changed byte would load silently.
+                damaged = archive.testzip()
+        except zipfile.BadZipFile as error:
+            raise CheckpointError(f"{path} is damaged and cannot be read ({error}): {_RECOVER}") from None
+        if damaged is not None:
+            raise CheckpointError(f"{path} is damaged: the bytes of its part {damaged} do not match "
+                                  f"their checksum (changed on the disk or in a copy): {_RECOVER}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for refused objects, RuntimeError for a damaged archive
         message = _ANSI_ESCAPE.sub("", str(error))
-        if "weights only" in message.lower():
-            refused = re.search(r"WeightsUnpickler error: (.*?)(?= Please use|\n|$)", message)
+        refused = re.search(r"WeightsUnpickler error: (.*?)(?= Please use|\n|$)", message)
+        refused = refused.group(1).strip() if refused else ""
+        # A file of another kind fails in the unpickler too, but names no refused object.
+        if "weights only" in message.lower() and (refused or is_zip):
             raise CheckpointError(f"{path} holds Python objects that weights_only loading refuses, so it was "
                                   f"not written by save_checkpoint (loading it unsafely could run code)"
-                                  + (f": {refused.group(1).strip()}" if refused else "")) from None
+                                  + (f": {refused}" if refused else "")) from None
+        if not is_zip and start != _LEGACY_START:
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is neither the zip archive "
+                                  f"torch.save writes nor torch's older format (another kind of file, or "
+                                  f"one cut short): {_RECOVER}") from None
         first_line = message.strip().splitlines()[0] if message.strip() else ""
-        raise CheckpointError(f"{path} is damaged and cannot be read ({type(error).__name__}: {first_line})") from None
+        raise CheckpointError(f"{path} is damaged and cannot be read ({type(error).__name__}: {first_line}): "
+                              f"{_RECOVER}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a checkpoint written by "
                               f"helpers.training.save_checkpoint: it holds {_describe_foreign(state)}")
     if state.get("version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} has checkpoint version {state['version']}, newer than this code "
                               f"understands ({CHECKPOINT_VERSION}): update the helpers package")
+    return state
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()  # a learning rate may be a tensor (capturable or fused optimizers)
+    if isinstance(value, (tuple, list)):
+        return tuple(_comparable(item) for item in value)
+    return value
+
+
+def _changed_settings(state: dict, optimizer: torch.optim.Optimizer) -> list[tuple[str, str]]:
+    """The optimizer settings that differ from the checkpoint's, as ("lr=0.001", "lr=0.1") pairs.
+
+    Every key of a parameter group but "params": lr, weight_decay, betas, ... A scheduler moves
+    the learning rate as it steps (OneCycleLR and CyclicLR the momentum too), so with one the
+    current values are not compared; where the schedule starts is ("initial_lr", and OneCycleLR's
+    "max_lr", ..., which the scheduler records in the group).
+    """
+    saved_groups, given_groups = state["optimizer"]["param_groups"], optimizer.param_groups
+    if len(saved_groups) != len(given_groups):
+        return []  # load_state_dict says so
+    scheduled = state.get("scheduler")
+    moved = set() if scheduled is None else {"lr"} | (
+        {"momentum", "betas"} if scheduled.get("cycle_momentum") else set())
+    changes = []
+    for index, (saved, given) in enumerate(zip(saved_groups, given_groups)):
+        where = f" in parameter group {index}" if len(given_groups) > 1 else ""
+        for key, value in given.items():
+            # Only keys both know: another version of torch may add a key (with its default).
+            if key == "params" or key in moved or key not in saved:
+                continue
+            old, new = _comparable(saved[key]), _comparable(value)
+            if old != new:
+                changes.append((f"{key}={old!r}{where}", f"{key}={new!r}{where}"))
+    return changes
+
+
+def _check_fits(path: Path, state: dict, optimizer, scheduler, new_settings: bool) -> None:
+    """Refuse, before anything is restored, an optimizer or scheduler unlike the saved run's."""
     # Another optimizer's state loads without complaint (its parameter groups look alike) and
     # fails later, or silently changes settings: compare the classes before restoring anything.
     for role, given in (("optimizer", optimizer), ("scheduler", scheduler)):
@@ -456,19 +513,111 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer:
                 f"{path} holds the state of {_a(saved)} {role}, but it is being loaded into "
                 f"{_a(type(given).__name__)}: to resume from it, create {_a(saved)} {role}, as the run "
                 f"that saved it did (or, to keep only the weights, load it without the {role})")
+    saved_scheduler = state.get("scheduler_class") if state.get("scheduler") is not None else None
+    if scheduler is not None and saved_scheduler is None:
+        raise CheckpointError(f"{path} was saved by a run without a scheduler, but "
+                              f"{_a(type(scheduler).__name__)} scheduler is given: to resume that run, leave the "
+                              f"scheduler out; to train with a schedule, {_NEW_RUN}")
+    if optimizer is not None and scheduler is None and saved_scheduler is not None:
+        raise CheckpointError(f"{path} was saved by a run with {_a(saved_scheduler)} scheduler, but none is "
+                              f"given, and the learning rate would stay where that schedule left it: to "
+                              f"resume that run, create the {saved_scheduler} as it did and pass it too; "
+                              f"to train without a schedule, {_NEW_RUN}")
+    changes = _changed_settings(state, optimizer) if optimizer is not None else []
+    if changes and (not new_settings or saved_scheduler is not None):
+        saved, given = (_listed(side) for side in zip(*changes))
+        advice = ("to go on from it with the new settings, pass new_settings=True; " if saved_scheduler is None
+                  else "new_settings=True cannot change them, as the schedule was computed from the old ones; ")
+        raise CheckpointError(f"{path} was trained with {saved}, but the optimizer given has {given}: to "
+                              f"resume that run, create the optimizer with the same settings; {advice}"
+                              f"or {_NEW_RUN}")
+
+
+def _listed(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _cpu_copy(value: Any) -> Any:
+    """A copy of a state_dict, its tensors cloned into the CPU's memory (not the GPU's)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        copy = type(value)((key, _cpu_copy(item)) for key, item in value.items())
+        if hasattr(value, "_metadata"):  # a model's state_dict: its modules' versions, for loading
+            copy._metadata = value._metadata
+        return copy
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cpu_copy(item) for item in value)
+    return value
+
+
+def _restore(path: Path, state: dict, model, optimizer, scheduler, loader_generator, restore_rng: bool,
+             new_settings: bool) -> None:
+    """Restore the checkpoint into what is given; on any failure, put back everything as it was."""
+    _check_fits(path, state, optimizer, scheduler, new_settings)
+    undo = []  # each step's way back, registered before the step: a failed load can leave half
+    part = "model"
     try:
         if model is not None:
-            _unwrapped(model).load_state_dict(state["model"])
+            model = _unwrapped(model)
+            model_before = _cpu_copy(model.state_dict())
+            undo.append(lambda: model.load_state_dict(model_before))
+            model.load_state_dict(state["model"])
         if optimizer is not None:
+            part = "optimizer"
+            optimizer_before = _cpu_copy(optimizer.state_dict())
+            undo.append(lambda: optimizer.load_state_dict(optimizer_before))
+            given_settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
             optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{path} does not fit this model or optimizer: {error}") from None
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if loader_generator is not None and state.get("loader_generator") is not None:
-        loader_generator.set_state(state["loader_generator"])
-    if restore_rng:
-        set_rng_state(state["rng"])
+            if new_settings:  # the state (Adam's averages, ...) from the checkpoint, the settings as given
+                for group, settings in zip(optimizer.param_groups, given_settings):
+                    group.update(settings)
+        if scheduler is not None:
+            part = "scheduler"
+            scheduler_before = _cpu_copy(scheduler.state_dict())
+            undo.append(lambda: scheduler.load_state_dict(scheduler_before))
+            scheduler.load_state_dict(state["scheduler"])
+        if loader_generator is not None and state.get("loader_generator") is not None:
+            part = "loader generator"
+            generator_before = loader_generator.get_state()
+            undo.append(lambda: loader_generator.set_state(generator_before))
+            loader_generator.set_state(state["loader_generator"])
+        if restore_rng:
+            part = "random generators"
+            rng_before = rng_state()
+            undo.append(lambda: set_rng_state(rng_before))
+            set_rng_state(state["rng"])
+    except BaseException as error:
+        for put_back in reversed(undo):
+            put_back()
+        if isinstance(error, (RuntimeError, ValueError, KeyError, TypeError)):
+            raise CheckpointError(f"{path} does not fit the {part}, so nothing was restored: {error}") from None
+        raise
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    *, scheduler=None, restore_rng: bool = True, loader_generator: torch.Generator | None = None,
+                    new_settings: bool = False) -> dict:
+    """Read a checkpoint written by ``save_checkpoint`` and restore what is given into it.
+
+    Loads with ``torch.load(..., weights_only=True)``: tensors and plain containers only, never
+    arbitrary Python objects. Restores ``model``, ``optimizer``, ``scheduler`` and ``loader_generator``
+    when given, and the global random generators when ``restore_rng``. Returns the checkpoint
+    (``"epoch"``, ``"history"``, ...).
+
+    Raises ``CheckpointError``, saying what is wrong, for a file that is damaged or not such a
+    checkpoint, or that does not fit what is given: another model, another class of optimizer
+    or scheduler, a scheduler given where the run had none (or, with an optimizer, the reverse),
+    or an optimizer whose settings (lr, weight_decay, ...; with a scheduler, where its schedule
+    starts) differ from the run's, which the checkpoint's would silently replace.
+    ``new_settings=True`` keeps the given optimizer's settings instead (its state, such as
+    Adam's averages, still comes from the checkpoint), to go on with a lower learning rate, say;
+    not with a scheduler. When it raises, everything given is left as it was.
+    """
+    path = Path(path)
+    state = _read_checkpoint(path)
+    _restore(path, state, model, optimizer, scheduler, loader_generator, restore_rng, new_settings)
     return state
 
 
@@ -494,8 +643,9 @@ def epoch_summary(bar: str, train: dict, val: dict | None) -> str:
 
 def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer: torch.optim.Optimizer,
         device: torch.device | str, epochs: int, *, checkpoint_path: str | Path | None = None,
-        resume: bool = False, overwrite: bool = False, scheduler=None, progress: bool | None = None,
-        verbose: bool = True, on_epoch_end: Callable[[int, dict], bool | None] | None = None,
+        resume: bool = False, overwrite: bool = False, new_settings: bool = False, scheduler=None,
+        progress: bool | None = None, verbose: bool = True,
+        on_epoch_end: Callable[[int, dict], bool | None] | None = None,
         correct_fn: Callable | None = count_correct) -> dict[str, list]:
     """Train for epochs ``1..epochs``, evaluating on ``val_loader`` (may be None) after each.
 
@@ -508,7 +658,17 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
     provided that the loader has no ``persistent_workers`` (their random state is not saved),
     that ``on_epoch_end`` keeps no state of its own (an early-stopping object starts afresh),
     and that the device is the CPU, or a CUDA GPU with deterministic algorithms (MPS's generator
-    is not saved). ``scheduler`` steps once per epoch. ``on_epoch_end(epoch, history)``
+    is not saved).
+
+    Resuming refuses (``CheckpointError``, saying what differs), before it changes anything, an
+    optimizer or scheduler unlike the saved run's: another class, a scheduler where the run had
+    none or the reverse, or other settings (lr, weight_decay, ...; with a scheduler, where its
+    schedule starts), which the checkpoint's would otherwise silently replace.
+    ``new_settings=True`` goes on with the given optimizer's settings instead (a lower learning
+    rate after a NaN loss, say; not with a scheduler). It also refuses (``ValueError``)
+    ``epochs`` no larger than the epochs the checkpoint holds: there is nothing left to train.
+    A loss that becomes NaN or infinite stops training with a ``FloatingPointError`` that says
+    how to go on. ``scheduler`` steps once per epoch. ``on_epoch_end(epoch, history)``
     returning True stops early (the checkpoint of that epoch is still written). ``verbose``
     prints two lines per epoch (``epoch_summary``); ``verbose=False`` shows nothing, not even a
     progress bar, unless ``progress=True``.
@@ -517,15 +677,26 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs the checkpoint_path to resume from")
+    if new_settings and not resume:
+        raise ValueError("new_settings=True changes the settings of a run being resumed: pass resume=True too")
     if checkpoint_path is not None and not resume and not overwrite and Path(checkpoint_path).exists():
         raise CheckpointError(f"{checkpoint_path} exists already, and a new run would overwrite it: pass "
                               f"resume=True to continue the run it holds, another checkpoint_path to keep "
                               f"it, or overwrite=True to replace it")
-    model.to(device)
+    state = None
+    if resume and Path(checkpoint_path).exists():
+        state = _read_checkpoint(Path(checkpoint_path))
+        if state["epoch"] >= epochs:
+            raise ValueError(f"nothing left to train: the checkpoint {checkpoint_path} already has "
+                             f"{state['epoch']} epochs, and epochs={epochs} asks for {epochs} in all: to "
+                             f"train on, pass a larger epochs; to use the trained model, load it with "
+                             f"load_checkpoint(path, model)")
+    model.to(device)  # before restoring: the optimizer's state goes to the parameters' device
     generator = getattr(train_loader, "generator", None)
     history, first_epoch = empty_history(), 1
-    if resume and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path, model, optimizer, scheduler=scheduler, loader_generator=generator)
+    if state is not None:
+        _restore(Path(checkpoint_path), state, model, optimizer, scheduler, generator, restore_rng=True,
+                 new_settings=new_settings)
         history, first_epoch = state["history"], state["epoch"] + 1
         if verbose:
             print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
@@ -534,8 +705,12 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
     for epoch in range(first_epoch, epochs + 1):
         bar = ProgressBar(_total_batches(train_loader), f"epoch {epoch:>{len(str(epochs))}}/{epochs}", live=live)
         with Timer(device) as epoch_time:
-            train = train_one_epoch(model, train_loader, loss_fn, optimizer, device, progress=bar,
-                                    correct_fn=correct_fn)
+            try:
+                train = train_one_epoch(model, train_loader, loss_fn, optimizer, device, progress=bar,
+                                        correct_fn=correct_fn)
+            except FloatingPointError as error:  # a NaN loss: say what became of the model, and what next
+                advice = _after_nan(model, epoch, checkpoint_path, scheduler)
+                raise FloatingPointError(f"{error}. {advice}") from None
             val = evaluate(model, val_loader, loss_fn, device, correct_fn=correct_fn) if val_loader is not None else None
         if scheduler is not None:
             scheduler.step()
@@ -554,6 +729,21 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
         if stop:
             break
     return history
+
+
+def _after_nan(model: nn.Module, epoch: int, checkpoint_path, scheduler) -> str:
+    """What the model in memory is after a NaN loss in ``epoch``, and where to go on from."""
+    broken = not all(torch.isfinite(p).all() for p in model.parameters())
+    now = ("The model in memory now holds NaN or infinite weights" if broken
+           else "The model in memory has taken steps on that loss")
+    if checkpoint_path is None or epoch == 1:  # no checkpoint of this run yet
+        return f"{now}: create it again and start over with a lower learning rate"
+    if scheduler is not None:  # new_settings cannot change a scheduled run
+        return (f"{now}; {checkpoint_path} holds the run after epoch {epoch - 1}, but its schedule was "
+                f"computed for the old learning rate: start a new run with a lower one")
+    return (f"{now}; {checkpoint_path} holds the run after epoch {epoch - 1}: to go on from there with a lower "
+            f"learning rate, call fit again with an optimizer created with it, resume=True and "
+            f"new_settings=True (the checkpoint replaces the weights)")
 
 
 # --- Curves --------------------------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 Running every student edition top to bottom would re-run every chapter (the training chapters
 train networks), which nbval already does for the book in quick mode. A student edition differs
-from the book only in its exercise cells, which come after the "## Exercises" heading, and the
-checks build their own inputs (helpers.exercises). So the test runs each student edition's
-exercise section after only those cells before it that the section needs, found by following the
-names it reads back through the cells that bind or change them (a backward slice). Every check
+from the book only in its exercise cells and the text inside its solutions, which come after the
+"## Exercises" heading, and the checks build their own inputs (helpers.exercises). So the test
+runs each student edition's exercise section after only those cells before it that the section
+needs, found by following the names it reads back through the cells that bind or change them (a
+backward slice). Every check
 must then say "not done yet" with its hint, and no cell may raise. In the book every check's
 stored verdict is a pass, which nbval confirms by running the book. The student edition of the
-small dynamic-graph chapter is also run whole, and must give the same verdicts.
+small dynamic-graph chapter is also run whole, and must give the same verdicts. Grading is tested
+on made-up submissions of that chapter.
 """
 
 import ast
@@ -16,9 +18,11 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -26,10 +30,11 @@ import pytest
 from nbclient import NotebookClient
 
 from helpers import exercises
-from helpers.classroom import (TABLE_END, TABLE_START, checked_exercises, exercise_table, expected_exercises,
-                               grade_notebook, guide_with_table, has_exercises, is_exercise_cell, is_solution_cell,
-                               main, starter_code)
-from helpers.exercises import NOT_DONE, Verdict
+from helpers.classroom import (DEFAULT_TIMEOUT, INTERRUPT_GRACE, NO_EXERCISE, TABLE_END, TABLE_START,
+                               checked_exercises, exercise_table, expected_exercises, grade_notebook,
+                               guide_with_table, has_exercises, is_exercise_cell, is_solution_cell, main,
+                               starter_code, student_edition, without_solution_text)
+from helpers.exercises import CHECK_ERROR, FAILED, NOT_DONE, PASSED, Verdict
 from helpers.notebooks import book_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,12 +92,14 @@ def count_nodes(t: torch.Tensor,
     def inner(node):
         return 1
     return inner(t.grad_fn)
+    # the answer's last step, kept under the last statement
 
-
+# a comment of the cell's own
 @torch.no_grad()
 def scaled(x, factor=2.0):
     """x times factor."""
-    return x * factor'''
+    return x * factor
+        # multiply, then return'''
 
 
 def test_starter_code_keeps_signatures_docstrings_imports_and_comments():
@@ -110,7 +117,7 @@ def count_nodes(t: torch.Tensor,
     """
     raise NotImplementedError("count_nodes: replace this line with your code")
 
-
+# a comment of the cell's own
 @torch.no_grad()
 def scaled(x, factor=2.0):
     """x times factor."""
@@ -151,13 +158,40 @@ def _functions(source: str) -> dict[str, ast.FunctionDef]:
     return {n.name: n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)}
 
 
+_SOLUTION_DIRECTIVE = re.compile(r"^(`{3,}|~{3,}|:{3,})\{solution-(start|end)\}")
+
+
+def _solution_text(cells) -> list[tuple[list[bool], bool]]:
+    """For each cell: which lines of a Markdown cell are text inside a solution (after a
+    solution-start directive's lines, before a solution-end), and whether the cell starts inside one."""
+    inside, result = False, []
+    for cell in cells:
+        flags, starts_inside, fence = [], inside, None
+        for line in cell.source.splitlines() if cell.cell_type == "markdown" else []:
+            directive = _SOLUTION_DIRECTIVE.match(line)
+            if fence is None and directive:
+                fence, inside = directive.group(1), directive.group(2) == "start"
+            elif fence is not None and line.strip() == fence:  # the directive's closing fence
+                fence = None
+            else:
+                flags.append(fence is None and inside and bool(line.strip()))
+                continue
+            flags.append(False)
+        result.append((flags, starts_inside))
+    return result
+
+
 @pytest.mark.parametrize("path", WITH_EXERCISES, ids=lambda p: p.name)
-def test_a_student_edition_changes_only_the_exercise_cells(path, editions):
+def test_a_student_edition_changes_only_the_exercise_cells_and_the_solutions_text(path, editions):
     book = nbformat.read(path, as_version=4)
     student = nbformat.read(editions / path.name, as_version=4)
     assert len(book.cells) == len(student.cells)
-    for i, (original, edited) in enumerate(zip(book.cells, student.cells)):
+    for i, (original, edited, (inside, _)) in enumerate(zip(book.cells, student.cells, _solution_text(book.cells))):
         where = f"{path.name}, cell {i}"
+        if original.cell_type == "markdown" and any(inside):
+            kept = [line for line, dropped in zip(original.source.splitlines(), inside) if not dropped]
+            assert edited.source == "\n".join(kept).rstrip(), f"{where}: only its solution text should be left out"
+            continue
         if not is_exercise_cell(original):
             assert edited == original, f"{where} is not an exercise cell, yet it changed"
             continue
@@ -173,6 +207,58 @@ def test_a_student_edition_changes_only_the_exercise_cells(path, editions):
             assert ast.get_docstring(function) == ast.get_docstring(solution[name]), where
             assert len(function.body) == 2 and isinstance(function.body[1], ast.Raise), where
             assert ast.unparse(function.body[1].exc).startswith("NotImplementedError("), where
+
+
+def test_no_solution_text_of_the_book_reaches_a_student_edition(editions):
+    leaked = []
+    for path in WITH_EXERCISES:
+        book = nbformat.read(path, as_version=4)
+        student = nbformat.read(editions / path.name, as_version=4)
+        text = set()
+        for i, (cell, (inside, starts_inside)) in enumerate(zip(book.cells, _solution_text(book.cells))):
+            if cell.cell_type == "code":  # its code would be shown as it is
+                assert not starts_inside or is_solution_cell(cell), (
+                    f"{path.name}, cell {i}: a code cell inside a solution must be tagged `solution`")
+            text |= {line.strip() for line, is_solution in zip(cell.source.splitlines(), inside) if is_solution}
+        for i, cell in enumerate(student.cells):
+            if cell.cell_type == "markdown":
+                leaked += [f"{path.name}, cell {i}: {line}" for line in cell.source.splitlines()
+                           if line.strip() in text]
+        assert not any(any(inside) for inside, _ in _solution_text(student.cells)), path.name
+    assert leaked == []
+
+
+def _markdown(source: str):
+    return nbformat.v4.new_markdown_cell(source)
+
+
+def _solution(source: str):
+    return nbformat.v4.new_code_cell(source, metadata={"tags": ["solution"]})
+
+
+def test_a_student_edition_leaves_out_the_text_inside_a_solution_and_keeps_its_directives():
+    nb = nbformat.v4.new_notebook(cells=[
+        _markdown("```{exercise} Scale\n:label: ex-scale\n\nWrite `scaled(x)`.\n```\n\n"
+                  "```{solution-start} ex-scale\n:class: dropdown\n```\n\nMultiply by two: that is all."),
+        _markdown("Why two? Because the task says so."),
+        _solution('def scaled(x):\n    """x times two."""\n    return 2 * x'),
+        _markdown("```{solution-end}\n```\n\nCheck your answer:"),
+        _markdown("The text after a solution is kept."),
+    ])
+    student = student_edition(nb)
+    assert [c.source for c in student.cells[:2]] + [c.source for c in student.cells[3:]] == [
+        "```{exercise} Scale\n:label: ex-scale\n\nWrite `scaled(x)`.\n```\n\n```{solution-start} ex-scale\n"
+        ":class: dropdown\n```",
+        "",
+        "```{solution-end}\n```\n\nCheck your answer:",
+        "The text after a solution is kept.",
+    ]
+    assert without_solution_text("No solution here.\n\n") == ("No solution here.\n\n", False)
+    assert without_solution_text("a\n~~~~{solution-start} x\n~~~~\nb\n~~~~{solution-end}\n~~~~\nc") == (
+        "a\n~~~~{solution-start} x\n~~~~\n~~~~{solution-end}\n~~~~\nc", False)
+    nb.cells.insert(2, nbformat.v4.new_code_cell("print(2 * 3)  # part of the answer, untagged"))
+    with pytest.raises(ValueError, match="cell 2: a code cell inside a solution .* must be tagged `solution`"):
+        student_edition(nb)
 
 
 def _exercise_section_start(nb, name: str) -> int:
@@ -330,60 +416,119 @@ def test_notebooks_without_exercises_get_no_student_edition(tmp_path):
 # --- Grading ---------------------------------------------------------------------------------
 
 TIME_LIMIT = 20  # seconds per cell; the chapter's slowest cell takes a few here
+IMPORTS = "from helpers.exercises import check\nfrom helpers.graphs import backward_graph"
 
 
 def _solution_source(nb, function: str) -> str:
     return next(c.source for c in nb.cells if is_solution_cell(c) and f"def {function}(" in c.source)
 
 
+def _notebook(*sources: str):
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
+
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory, editions):
     """Made-up submissions, one per student folder, graded by the command line."""
     book = nbformat.read(ROOT / "book" / "dynamic_graph.ipynb", as_version=4)
+    nodes, leaves = _solution_source(book, "count_nodes"), _solution_source(book, "count_leaves")
+    check_nodes, check_leaves = 'check("dynamic_graph.count_nodes", count_nodes)', \
+        'check("dynamic_graph.count_leaves", count_leaves)'
     folder = tmp_path_factory.mktemp("submissions")
 
-    def submit(student: str, nb) -> None:
-        (folder / student).mkdir()
-        nbformat.write(nb, folder / student / "dynamic_graph.ipynb")
+    def submit(path: str, nb) -> None:
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, folder / path)
 
-    submit("alice", book)  # complete: the reference solutions
+    submit("alice/dynamic_graph.ipynb", book)  # complete: the reference solutions
     partial = nbformat.read(editions / "dynamic_graph.ipynb", as_version=4)
     cell = next(c for c in partial.cells if is_solution_cell(c) and "def count_nodes(" in c.source)
-    cell.source = _solution_source(book, "count_nodes")
-    submit("bob", partial)  # count_nodes done, count_leaves left as starter code
+    cell.source = nodes
+    submit("bob/dynamic_graph.ipynb", partial)  # count_nodes done, count_leaves left as starter code
     raises = nbformat.from_dict(json.loads(json.dumps(partial)))
     raises.cells.insert(4, nbformat.v4.new_code_cell("torch.ones(2) @ torch.ones(3)"))  # after the imports
-    submit("carol", raises)  # an experiment of hers raises; the rest still runs
-    forever = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("from helpers.exercises import check\nfrom helpers.graphs import backward_graph"),
-        nbformat.v4.new_code_cell('def count_nodes(t):\n    """Loops forever."""\n    while True:\n        pass'),
-        nbformat.v4.new_code_cell('check("dynamic_graph.count_nodes", count_nodes)'),
-        nbformat.v4.new_code_cell(_solution_source(book, "count_leaves")),
-        nbformat.v4.new_code_cell('check("dynamic_graph.count_leaves", count_leaves)')])
-    submit("dave", forever)  # one answer hangs, the next is right
-    (folder / "erin").mkdir()
+    submit("carol/dynamic_graph.ipynb", raises)  # an experiment of hers raises; the rest still runs
+    forever = _notebook(IMPORTS, 'def count_nodes(t):\n    """Loops forever."""\n    while True:\n        pass',
+                        check_nodes, leaves, check_leaves)
+    submit("dave/dynamic_graph.ipynb", forever)  # one answer hangs, the next is right
     text = (ROOT / "book" / "dynamic_graph.ipynb").read_text()
+    (folder / "erin").mkdir()
     (folder / "erin" / "dynamic_graph.ipynb").write_text(text[:len(text) // 2])  # an upload cut short
+    # Frank's check cell checks a right function of his own, while count_nodes is starter code.
+    submit("frank/dynamic_graph.ipynb", _notebook(
+        IMPORTS, starter_code(nodes), nodes.replace("def count_nodes(", "def right_count_nodes("),
+        'check("dynamic_graph.count_nodes", right_count_nodes)', leaves, check_leaves))
+    # Grace deleted the first check cell, the only one that imports check: hers raise NameError.
+    submit("grace/dynamic_graph.ipynb", _notebook("from helpers.graphs import backward_graph", nodes, leaves,
+                                                  check_leaves))
+    # Heidi's count_nodes has a typo, a SyntaxError: it is never defined.
+    submit("heidi/dynamic_graph.ipynb", _notebook(IMPORTS, "def count_nodes(t)\n    return 0", check_nodes,
+                                                  leaves, check_leaves))
+    # Ivan's browser renamed his notebook; its checks say which chapter it is.
+    submit("ivan/dynamic_graph (1).ipynb", _notebook(IMPORTS, nodes, check_nodes, leaves, check_leaves))
+    # Judy renamed hers and deleted its checks; Mia sent an empty notebook; Nina an empty one
+    # under the chapter's name.
+    submit("judy/my_homework.ipynb", _notebook(IMPORTS, nodes, leaves))
+    submit("mia/empty.ipynb", nbformat.v4.new_notebook())
+    submit("nina/dynamic_graph.ipynb", nbformat.v4.new_notebook())
+    # Kim also checks an answer of another chapter, which her notebook's row must not count.
+    submit("kim/dynamic_graph.ipynb", _notebook(
+        IMPORTS, nodes, check_nodes, leaves, check_leaves,
+        'check("losses.mean_squared_error", lambda p, t: ((p - t) ** 2).mean())'))
+    (folder / "leo").mkdir()
+    (folder / "leo" / "list.ipynb").write_text("[1, 2, 3]")  # JSON, but not a notebook
+    # What macOS adds to an archive, and a report of an earlier run inside the folder: not submissions.
+    (folder / "__MACOSX" / "alice").mkdir(parents=True)
+    (folder / "__MACOSX" / "alice" / "._dynamic_graph.ipynb").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    (folder / "alice" / "._dynamic_graph.ipynb").write_bytes(b"\x00\x05\x16\x07Mac OS X")
+    report = folder / "report"
+    submit("report/executed/alice/dynamic_graph.ipynb", book)
 
-    report = tmp_path_factory.mktemp("report")
-    # As an instructor runs it, so that the kernels' own output to stderr is seen too.
-    done = subprocess.run([sys.executable, "-m", "helpers.classroom", "grade", str(folder), "--report", str(report),
-                           "--timeout", str(TIME_LIMIT)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
+    # As an instructor runs it, so that the kernels' own output to stderr is seen too, and with
+    # its output into a pipe buffered, as Python does unless told otherwise.
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    run = subprocess.Popen([sys.executable, "-m", "helpers.classroom", "grade", str(folder), "--report",
+                            str(report), "--timeout", str(TIME_LIMIT)],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first_line = run.stdout.readline()
+    first_line_at = time.monotonic()
+    try:
+        out, err = run.communicate(timeout=900)
+    finally:
+        run.kill()
+    # Grading the others takes a minute: a progress line printed at once comes long before the end.
+    still_running = time.monotonic() - first_line_at > 10
+    assert run.returncode == 0, first_line + out + err
     with open(report / "grades.csv", newline="", encoding="utf-8") as f:
         rows = {row["submission"].split("/")[0]: row for row in csv.DictReader(f)}
-    return rows, (report / "grades.md").read_text(), report, done.stderr
+    return rows, (report / "grades.md").read_text(), report, err, (first_line, still_running)
 
 
 def _statuses(row) -> tuple:
     return row["passed"], row["out_of"], row["dynamic_graph.count_nodes"], row["dynamic_graph.count_leaves"]
 
 
+def _details(markdown: str, submission: str) -> str:
+    """What grades.md says under ``### submission``."""
+    return markdown.split(f"### {submission}\n")[1].split("###")[0]
+
+
 def test_grading_reports_every_submission_and_goes_on_after_failures(graded):
     rows, *_ = graded
-    assert list(rows) == ["alice", "bob", "carol", "dave", "erin"]
+    assert [row["submission"] for row in rows.values()] == [
+        "alice/dynamic_graph.ipynb", "bob/dynamic_graph.ipynb", "carol/dynamic_graph.ipynb",
+        "dave/dynamic_graph.ipynb", "erin/dynamic_graph.ipynb", "frank/dynamic_graph.ipynb",
+        "grace/dynamic_graph.ipynb", "heidi/dynamic_graph.ipynb", "ivan/dynamic_graph (1).ipynb",
+        "judy/my_homework.ipynb", "kim/dynamic_graph.ipynb", "leo/list.ipynb", "mia/empty.ipynb",
+        "nina/dynamic_graph.ipynb"]  # no __MACOSX, ._ files, or the earlier report's notebooks
     assert (rows["alice"]["outcome"], _statuses(rows["alice"])) == ("ran", ("2", "2", "passed", "passed"))
     assert (rows["bob"]["outcome"], _statuses(rows["bob"])) == ("ran", ("1", "2", "passed", "not done"))
+
+
+def test_progress_lines_are_printed_as_each_submission_is_graded(graded):
+    *_, (first_line, still_running) = graded
+    assert first_line == "alice/dynamic_graph.ipynb: 2 of 2 passed; ran\n"
+    assert still_running, "the first progress line came only when grading had finished: print it with flush=True"
 
 
 def test_a_notebook_that_raises_is_reported_with_its_cell_and_its_other_checks_still_count(graded):
@@ -396,58 +541,164 @@ def test_an_answer_that_loops_forever_is_interrupted_and_the_next_exercise_still
     rows, markdown, *_ = graded
     assert rows["dave"]["outcome"] == f"timed out after {TIME_LIMIT} s in cell 3, interrupted; the later cells ran"
     assert _statuses(rows["dave"]) == ("1", "2", "timed out", "passed")
-    dave = markdown.split("### dave/dynamic_graph.ipynb")[1].split("###")[0]
-    assert f"`dynamic_graph.count_nodes`: its check was still running after {TIME_LIMIT} s and was interrupted" in dave
+    assert (f"`dynamic_graph.count_nodes`: its check was still running after {TIME_LIMIT} s and was interrupted"
+            in _details(markdown, "dave/dynamic_graph.ipynb"))
+
+
+def test_only_the_graders_own_checks_count_not_the_learners_check_cells(graded):
+    rows, markdown, report, *_ = graded
+    # Frank's own check cell passed, on a function that is not the one the exercise asks for.
+    frank = nbformat.read(report / "executed" / "frank" / "dynamic_graph.ipynb", as_version=4)
+    assert "✅ dynamic_graph.count_nodes: passed" in _stdout(frank.cells[3])
+    assert (rows["frank"]["outcome"], _statuses(rows["frank"])) == ("ran", ("1", "2", "not done", "passed"))
+    # Grace's check cell that imported check is gone: her own checks raise, the grader's pass.
+    assert rows["grace"]["outcome"] == "raised NameError in cell 4: name 'check' is not defined"
+    assert _statuses(rows["grace"]) == ("2", "2", "passed", "passed")
+    # The grader's cells come after the learner's, and say they are the grader's.
+    added = [c for c in frank.cells if "grader-check" in c.metadata.get("tags", [])]
+    assert frank.cells[-2:] == added
+    assert _stdout(added[0]) == _not_done("dynamic_graph.count_nodes")
+    assert _stdout(added[1]).startswith("✅ dynamic_graph.count_leaves: passed")
+
+
+def test_a_function_that_is_not_defined_is_told_why(graded):
+    rows, markdown, *_ = graded
+    assert rows["heidi"]["outcome"].startswith("raised SyntaxError in cell 2: ")
+    assert _statuses(rows["heidi"]) == ("1", "2", "failed", "passed")
+    assert ("- `dynamic_graph.count_nodes`: `count_nodes` is not defined: its cell, cell 2, raised SyntaxError: "
+            in _details(markdown, "heidi/dynamic_graph.ipynb"))
+    assert _statuses(rows["nina"]) == ("0", "2", "failed", "failed")  # an empty notebook under the chapter's name
+    assert ("- `dynamic_graph.count_leaves`: `count_leaves` is not defined: no cell defines it, and the exercise "
+            "asks for a function of that name" in _details(markdown, "nina/dynamic_graph.ipynb"))
+
+
+def test_a_renamed_notebook_is_graded_by_its_checks_and_one_without_any_is_reported(graded):
+    rows, markdown, *_ = graded
+    assert (rows["ivan"]["outcome"], _statuses(rows["ivan"])) == ("ran", ("2", "2", "passed", "passed"))
+    for student in ("judy", "mia"):
+        assert (rows[student]["outcome"], rows[student]["out_of"]) == (NO_EXERCISE, "0")
+        assert f"- outcome: {NO_EXERCISE}" in _details(markdown, rows[student]["submission"])
+
+
+def test_a_check_of_another_chapter_does_not_count_in_a_chapters_notebook(graded):
+    rows, *_ = graded
+    assert (rows["kim"]["outcome"], _statuses(rows["kim"])) == ("ran", ("2", "2", "passed", "passed"))
+    assert not any(name.startswith("losses.") for name in rows["kim"])  # no column: no notebook of that chapter
+
+
+HANG_LIMIT = 8  # seconds per cell: importing torch (the first cell) takes a few on a busy machine
 
 
 def test_a_cell_that_ignores_the_interrupt_ends_its_notebook(tmp_path):
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("from helpers.exercises import check"),
-        nbformat.v4.new_code_cell('check("dynamic_graph.count_nodes", lambda t: 1)\nimport time\nwhile True:\n'
-                                  '    try:\n        time.sleep(0.1)\n    except KeyboardInterrupt:\n        pass'),
-        nbformat.v4.new_code_cell('check("dynamic_graph.count_leaves", lambda t: 1)')])
+    nb = _notebook("from helpers.exercises import check",
+                   'count_nodes = count_leaves = lambda t: 1\ncheck("dynamic_graph.count_nodes", count_nodes)\n'
+                   'import time\nwhile True:\n    try:\n        time.sleep(0.1)\n    except KeyboardInterrupt:\n'
+                   '        pass')
     nbformat.write(nb, tmp_path / "dynamic_graph.ipynb")
-    submission = grade_notebook(tmp_path / "dynamic_graph.ipynb", timeout=2)
-    assert submission.outcome == ("timed out after 2 s in cell 2 and did not stop when interrupted: "
+    submission = grade_notebook(tmp_path / "dynamic_graph.ipynb", timeout=HANG_LIMIT)
+    assert submission.outcome == (f"timed out after {HANG_LIMIT} s in cell 2 and did not stop when interrupted: "
                                   "the later cells did not run")
-    # Its check had given its verdict before the cell hung; the next cell never ran.
-    assert submission.status("dynamic_graph.count_nodes") == "failed"
-    assert submission.status("dynamic_graph.count_leaves") == "not run"
+    # Its own check gave a verdict before the cell hung, but the grader's checks never ran.
+    assert [submission.status(e) for e in submission.expected] == ["not run", "not run"]
+    assert submission.verdicts["dynamic_graph.count_nodes"]["message"] == (
+        "not run: the run stopped before the grader's check of it (see the outcome)")
+
+
+def test_a_graders_check_that_ignores_the_interrupt_is_timed_out_and_ends_the_run(tmp_path):
+    nb = _notebook("from helpers.exercises import check",
+                   'def count_nodes(t):\n    """Ignores interrupts."""\n    import time\n    while True:\n'
+                   '        try:\n            time.sleep(0.1)\n        except KeyboardInterrupt:\n            pass')
+    nbformat.write(nb, tmp_path / "dynamic_graph.ipynb")
+    submission = grade_notebook(tmp_path / "dynamic_graph.ipynb", timeout=HANG_LIMIT)
+    assert submission.outcome == (f"timed out after {HANG_LIMIT} s in the grader's check of "
+                                  "dynamic_graph.count_nodes and did not stop when interrupted: the later "
+                                  "cells did not run")
+    assert [submission.status(e) for e in submission.expected] == ["timed out", "not run"]
+
+
+def test_the_function_an_exercise_asks_for_is_the_one_the_books_check_cell_passes():
+    checked = []
+    for path in book_notebooks(ROOT):
+        for cell in nbformat.read(path, as_version=4).cells:
+            for call in ast.walk(ast.parse(cell.source) if checked_exercises(cell) else ast.Module([], [])):
+                if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "check":
+                    name, function = call.args
+                    assert isinstance(function, ast.Name), (
+                        f"{path.name}: the check of {name.value} must pass a function by its name")
+                    assert exercises.EXERCISES[name.value].function == function.id, name.value
+                    checked.append(name.value)
+    assert sorted(checked) == sorted(exercises.EXERCISES)  # the book checks each exercise once
 
 
 def test_a_file_that_is_not_a_notebook_is_reported_as_such(graded):
     rows, *_ = graded
     assert rows["erin"]["outcome"].startswith("not a valid notebook (NotJSONError")
     assert _statuses(rows["erin"]) == ("0", "2", "not run", "not run")  # its chapter, from its name
+    assert rows["leo"]["outcome"] == "not a notebook (its JSON is a list, not a notebook's object)"
 
 
-def test_a_file_that_cannot_be_read_is_matched_to_the_chapter_of_exactly_its_name():
+def test_a_notebook_belongs_to_the_chapter_of_exactly_its_name_or_else_to_those_it_checks():
     chapters = {name.split(".")[0] for name in expected_exercises([], "fast_training.ipynb")}
     assert chapters == {"fast_training"}  # not training, whose name it contains
     assert {name.split(".")[0] for name in expected_exercises([], "training.ipynb")} == {"training"}
     assert expected_exercises([], "my_training_notes.ipynb") == []
+    assert {name.split(".")[0] for name in expected_exercises(["losses.log_softmax"], "training.ipynb")} == {
+        "training"}
+    assert {name.split(".")[0] for name in expected_exercises(["losses.log_softmax", "nope.x"], "mine.ipynb")} == {
+        "losses"}
 
 
 def test_grading_prints_nothing_on_stderr(graded):
-    *_, stderr = graded
+    _, _, _, stderr, _ = graded
     assert stderr == ""  # no warnings from the kernels or from nbclient
 
 
 def test_the_readable_report_has_a_row_per_student_and_says_what_did_not_pass(graded):
-    rows, markdown, report, _ = graded
+    rows, markdown, report, *_ = graded
     assert "| alice/dynamic_graph.ipynb | ran | 2 of 2 | ✅ | ✅ |" in markdown
     assert "| bob/dynamic_graph.ipynb | ran | 1 of 2 | ✅ | ⏳ |" in markdown
     assert "### alice" not in markdown
-    bob = markdown.split("### bob/dynamic_graph.ipynb")[1].split("###")[0]
+    bob = _details(markdown, "bob/dynamic_graph.ipynb")
     assert "`dynamic_graph.count_leaves`: not done yet. Hint: the leaves are the AccumulateGrad" in bob
-    assert sorted(p.parent.name for p in (report / "executed").rglob("*.ipynb")) == ["alice", "bob", "carol", "dave"]
+    assert sorted(p.relative_to(report / "executed").as_posix() for p in (report / "executed").rglob("*.ipynb")) == [
+        f"{row['submission']}" for row in rows.values()
+        if not row["outcome"].startswith(("not a", "no exercise"))]
 
 
-def test_grading_an_empty_or_missing_folder_says_what_is_wrong(tmp_path):
+def test_grading_refuses_what_it_cannot_do_and_says_what_to_do(tmp_path):
     code, _, err = _classroom("grade", str(tmp_path), "--report", str(tmp_path / "report"))
     assert code == 2 and "there are no .ipynb files under" in err
     code, _, err = _classroom("grade", str(tmp_path / "nope"), "--report", str(tmp_path / "report"))
     assert code == 2 and "is not a folder" in err
+    nbformat.write(nbformat.v4.new_notebook(), tmp_path / "data.ipynb")
+    (tmp_path / "report.txt").write_text("keep me")
+    code, _, err = _classroom("grade", str(tmp_path), "--report", str(tmp_path / "report.txt"))
+    assert code == 2 and "report.txt is a file: give --report a folder" in err
+    code, _, err = _classroom("grade", str(tmp_path), "--report", str(tmp_path))
+    assert code == 2 and "the report would be written among the submissions" in err
+    for timeout in ("0", "-5", "1.5"):
+        code, _, err = _classroom("grade", str(tmp_path), "--report", str(tmp_path / "r"), "--timeout", timeout)
+        assert code == 2 and "argument --timeout: " in err, timeout
+    assert not (tmp_path / "r").exists() and (tmp_path / "report.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="too short"):
+        grade_notebook(tmp_path / "data.ipynb", timeout=0)
+
+
+def test_the_student_edition_command_refuses_to_write_over_its_sources(tmp_path):
+    book = tmp_path / "book"
+    book.mkdir()
+    original = (ROOT / "book" / "dynamic_graph.ipynb").read_bytes()
+    (book / "dynamic_graph.ipynb").write_bytes(original)
+    (book / "notes.md").write_text("# Notes")
+    for out in (book, book / "."):
+        code, _, err = _classroom("student-edition", str(out), str(book / "dynamic_graph.ipynb"))
+        assert code == 2 and "its student edition would be written over it; pick another folder" in err
+    assert (book / "dynamic_graph.ipynb").read_bytes() == original
+    code, _, err = _classroom("student-edition", str(book / "notes.md"), str(book / "dynamic_graph.ipynb"))
+    assert code == 2 and "notes.md is a file: give the folder to write the student editions into" in err
+    code, _, err = _classroom("student-edition", str(tmp_path / "out"), str(book / "notes.md"))
+    assert code == 2 and "notes.md is not a notebook: give chapters' notebooks (.ipynb)" in err
+    assert not (tmp_path / "out").exists()
 
 
 # --- The instructor guide's table ------------------------------------------------------------
@@ -477,8 +728,19 @@ def _guide_section(title: str) -> str:
     return guide.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
+def test_the_guides_grading_command_and_its_worst_case_match_the_code():
+    section = _guide_section("Grading")
+    assert f"--report report/ --timeout {DEFAULT_TIMEOUT}\n" in section  # the example gives the default
+    assert f"({DEFAULT_TIMEOUT} when it is not given)" in section
+    assert f"waits up to {INTERRUPT_GRACE} more seconds" in section
+    worst_case = f"up to `--timeout` plus\n{INTERRUPT_GRACE} seconds for each of its cells and each of its exercises"
+    assert worst_case in section
+
+
 def test_the_guides_example_exercise_runs_and_gives_the_verdicts_it_shows(monkeypatch, capsys):
     section = _guide_section("Writing an exercise of your own")
+    # The judge takes a 0-d tensor and rejects a Python number: the exercise's text says which.
+    assert "over every element, as a 0-d tensor." in section
     solution, check_cell, plain, explained = re.findall(r"```python\n(.*?)```", section, re.S)
     shown = re.search(r"```text\n(❌ .*?)\n```", section, re.S).group(1)
     monkeypatch.setattr(exercises, "EXERCISES", dict(exercises.EXERCISES))  # registered for this test only
@@ -500,3 +762,4 @@ def test_the_guides_example_exercise_runs_and_gives_the_verdicts_it_shows(monkey
     assert as_float.message.endswith("expected a tensor, got float 1.0")  # no mistake matched, none raised
     exec(starter_code(solution), namespace)  # what the student edition gives the learner
     assert exercises.judge_answer("losses.mean_absolute_error", namespace["mean_absolute_error"]).status == NOT_DONE
+

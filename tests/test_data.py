@@ -111,6 +111,38 @@ def test_a_broken_image_folder_gets_a_clear_error(tmp_path, damage, message):
     assert message in str(error.value)
 
 
+def _truncate(path: Path) -> None:
+    """Cut an image file short, as an interrupted copy does (noise, so that little of it is header)."""
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_truncate, r"is not a readable image \(.*truncated.*\): the file is damaged, often by a copy cut "
+                r"short; copy the folder again \(or unpack the archive again\)$"),
+    (lambda path: path.write_bytes(b"not a jpeg"),
+     r"is not a readable image \(no image format recognised\): the file is damaged"),
+    (lambda path: Image.new("RGB", (64, 64)).save(path), "is 64x64 pixels; CIFAR-10 images are 32x32"),
+], ids=["truncated", "not an image", "wrong size"])
+@pytest.mark.parametrize("split, workers", [("train", 0), ("test", 0), ("test", 1)])
+def test_a_damaged_image_deep_in_the_tree_is_named_when_it_is_loaded(tmp_path, damage, message, split,
+                                                                      workers):
+    # Only the first image of each class is opened before loading; the others are checked as they
+    # are read, and the error must still name the file, also when a worker process read it.
+    make_tree(tmp_path, per_class=3, fmt="jpg")
+    damaged = tmp_path / split / "dog" / "2.jpg"
+    damage(damaged)
+    with pytest.raises(DataSourceError) as error:
+        loaders = cifar10_loaders(8, validation_size=6, image_folder=tmp_path, num_workers=workers)
+        for loader in (loaders.train, loaders.validation, loaders.test):
+            for _ in loader:
+                pass
+    # From a worker, the message also holds the worker's traceback, after a first line of its own.
+    named = re.escape(f"{damaged} (given as image_folder) ") + message
+    assert re.search(named, str(error.value), flags=re.IGNORECASE | re.MULTILINE), str(error.value)
+
+
 @pytest.mark.parametrize("through_variable", [False, True])
 def test_full_mode_refuses_a_partial_copy_naming_the_folder_and_the_counts(tmp_path, monkeypatch, full_mode,
                                                                            through_variable):
@@ -282,8 +314,14 @@ def test_channel_mean_std_streamed_equals_torch_std_mean(n, height, batch_size, 
 
 def test_channel_mean_std_wants_float_images():
     pil_like = TensorDataset(torch.zeros(4, 3, 2, 2, dtype=torch.uint8), torch.zeros(4))
-    with pytest.raises(TypeError, match="to_tensor_transform"):
+    with pytest.raises(TypeError, match=r"got a torch.uint8 tensor of shape \(3, 2, 2\): .*to_tensor_transform"):
         channel_mean_std(pil_like, num_workers=0)
+    # PIL images, as every dataset of load_cifar10 gives, are told the same (not the loader's error).
+    with pytest.raises(TypeError, match=r"got a PIL.Image.Image: give the dataset a transform such as "
+                                        r"to_tensor_transform\(\)"):
+        channel_mean_std(StandInCIFAR10(10), num_workers=0)
+    with pytest.raises(ValueError, match="the dataset is empty"):
+        channel_mean_std(TensorDataset(torch.zeros(0, 3, 2, 2), torch.zeros(0)), num_workers=0)
 
 
 def test_normalising_transform_computes_the_formula():
@@ -343,6 +381,22 @@ def test_plot_image_grid_titles_and_marks_mistakes():
     plt.close(figure)
     with pytest.raises(ValueError, match="3 images but 2 labels"):
         data.plot_image_grid(images, [0, 1], CLASSES)
+    with pytest.raises(ValueError, match="3 labels but 2 predictions"):
+        data.plot_image_grid(images, [0, 1, 2], CLASSES, predictions=[0, 1])
+
+
+@pytest.mark.parametrize("labels, predictions, message", [
+    ([0, 1, 10], None, r"labels holds the class index 10, outside 0\.\.9: there are 10 class names"),
+    ([0, -1, 2], None, r"labels holds the class index -1, outside 0\.\.9"),  # not quietly "truck"
+    (torch.tensor([0, 1, 2]), torch.tensor([0, 1, 12]), r"predictions holds the class index 12, outside 0\.\.9"),
+])
+def test_plot_image_grid_refuses_a_label_with_no_class_name(labels, predictions, message):
+    import matplotlib.pyplot as plt
+
+    figures = len(plt.get_fignums())
+    with pytest.raises(ValueError, match=message):
+        data.plot_image_grid(torch.rand(3, 3, 32, 32), labels, CLASSES, predictions=predictions)
+    assert len(plt.get_fignums()) == figures  # refused before drawing anything
 
 
 # --- The chapter's exercises: typical wrong answers get a precise verdict --------------------------------

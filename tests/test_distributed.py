@@ -13,12 +13,15 @@ import subprocess
 import pytest
 import torch
 import torch.distributed as dist
+from torch.utils.data.distributed import DistributedSampler
 
 from helpers import distributed, exercises
-from helpers.distributed import (DistributedContext, TrainConfig, choose_backend, init_distributed, parse_args,
-                                 quiet_environment, shard_loader, torchrun_command, train)
+from helpers.data import CIFAR10Data, StandInCIFAR10
+from helpers.distributed import (DistributedContext, OptionError, TrainConfig, check_batches, choose_backend,
+                                 init_distributed, parse_args, quiet_environment, shard_loader, torchrun_command,
+                                 train)
 from helpers.exercises import FAILED, PASSED, judge_answer
-from helpers.training import load_checkpoint
+from helpers.training import SmallCNN, load_checkpoint
 
 # Two processes with batch B against one with 2B: float32 sums in another order, over 32 steps.
 ATOL, RTOL = 1e-5, 1e-4
@@ -72,19 +75,129 @@ def test_two_processes_with_batch_b_end_where_one_process_with_2b_does(two_proce
     assert "1 process(es), backend gloo" in capsys.readouterr().out
 
 
+def test_train_reshuffles_every_epoch(group_of_one, tmp_path, monkeypatch):
+    # Without set_epoch every epoch repeats the first one's order: the two-process test cannot see
+    # that, since both of its runs would repeat it alike.
+    orders = []
+    sampler_order = DistributedSampler.__iter__
+
+    def recorded(sampler):
+        orders.append(list(sampler_order(sampler)))
+        return iter(orders[-1])
+
+    monkeypatch.setattr(DistributedSampler, "__iter__", recorded)
+    _train_in_this_process(group_of_one, 64, tmp_path, "weights.pt")
+    assert len(orders) == 2 and sorted(orders[0]) == sorted(orders[1])
+    assert orders[0] != orders[1]
+
+
 def test_only_rank_0_prints_and_writes_and_the_output_is_clean(two_processes):
     folder, stdout, stderr = two_processes
     assert stderr == ""  # no warnings from torchrun, Gloo or the workers
     lines = stdout.splitlines()
-    assert lines[:2] == ["2 process(es), backend gloo, on cpu",
+    assert lines[:3] == ["2 process(es), backend gloo, on cpu",
+                         "training data: 1024 images of the generated stand-in for CIFAR-10",
                          "effective batch 2 x 32 = 64 examples, 16 steps per epoch"]
     assert [re.match(r"epoch (\d)/2: training loss \d\.\d{4}, accuracy [\d.]+%, over 1024 examples$", line)
-            is not None for line in lines[2:]] == [True, True]
+            is not None for line in lines[3:]] == [True, True]
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "two.pt"]  # no partial files
     state = load_checkpoint(folder / "checkpoint.pt", restore_rng=False)
     assert state["epoch"] == 2
     assert all(torch.equal(state["model"][name], value)
                for name, value in torch.load(folder / "two.pt", weights_only=True).items())
+
+
+def test_an_existing_file_is_refused_by_every_rank_before_any_training(tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(b"an earlier run")
+    done = subprocess.run(torchrun_command(2, "--device", "cpu", "--num-images", "64", "--batch-size", "16",
+                                           "--epochs", "1", "--checkpoint", str(checkpoint)),
+                          capture_output=True, text=True, env=quiet_environment(), cwd=tmp_path, timeout=120)
+    assert done.returncode != 0 and done.stdout == ""  # refused before the header: nothing trained
+    refusal = (f"helpers.distributed: error: --checkpoint {checkpoint} exists already, and a new run would "
+               f"overwrite it: pass another --checkpoint to keep it, or --overwrite to replace it")
+    assert done.stderr.count(refusal) == 1, done.stderr[-3000:]  # said by rank 0 alone
+    assert "[rank" not in done.stderr  # no rank died with a traceback (timeout above: none hung)
+    assert checkpoint.read_bytes() == b"an earlier run"
+
+
+def test_every_rank_stops_on_rank_0s_verdict_about_its_files(monkeypatch, tmp_path):
+    # Only rank 0 writes, so only it looks at the paths; the others raise what it found.
+    def from_rank_0(objects, src):
+        assert src == 0 and objects == [None]
+        objects[0] = "rank 0's verdict"
+
+    monkeypatch.setattr(distributed.dist, "broadcast_object_list", from_rank_0)
+    rank_1 = DistributedContext(1, 1, 2, torch.device("cpu"), "gloo")
+    with pytest.raises(OptionError, match="rank 0's verdict"):
+        distributed.check_outputs(TrainConfig(checkpoint=str(tmp_path / "new" / "checkpoint.pt")), rank_1)
+    assert not (tmp_path / "new").exists()  # rank 1 made no folder
+
+
+def _no_training(*args, **kwargs):
+    pytest.fail("training started although the run was to be refused")
+
+
+@pytest.mark.parametrize("option, path, message", [
+    ("save_weights", "weights.pt", r"--save-weights \S+weights.pt exists already, and a new run would overwrite "
+                                   r"it: pass another --save-weights to keep it, or --overwrite to replace it"),
+    ("checkpoint", "folder", r"--checkpoint \S+folder is a folder: give a file name"),
+    ("save_weights", "a-file/weights.pt", r"--save-weights \S+a-file/weights.pt: its folder cannot be created")])
+def test_outputs_that_cannot_be_written_are_refused_before_training(group_of_one, tmp_path, monkeypatch, option,
+                                                                     path, message):
+    (tmp_path / "weights.pt").write_bytes(b"an earlier run")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setattr(distributed, "train_one_epoch", _no_training)
+    paths = {"checkpoint": str(tmp_path / "new" / "checkpoint.pt"), option: str(tmp_path / path)}
+    config = TrainConfig(epochs=1, batch_size=32, num_images=64, device="cpu", **paths)
+    with pytest.raises(OptionError, match=message):
+        train(config, group_of_one)
+    assert (tmp_path / "weights.pt").read_bytes() == b"an earlier run"
+    if "cannot be created" not in message:  # a refused file leaves no new folder behind
+        assert not (tmp_path / "new").exists()
+
+
+def test_overwrite_replaces_the_files_and_missing_folders_are_made_first(group_of_one, tmp_path):
+    checkpoint, weights = tmp_path / "checkpoint.pt", tmp_path / "new" / "folder" / "weights.pt"
+    checkpoint.write_bytes(b"an earlier run")
+    train(TrainConfig(epochs=1, batch_size=32, num_images=64, checkpoint=str(checkpoint), save_weights=str(weights),
+                      overwrite=True, device="cpu"), group_of_one)
+    assert load_checkpoint(checkpoint, restore_rng=False)["epoch"] == 1
+    assert torch.load(weights, weights_only=True).keys() == SmallCNN().state_dict().keys()
+    assert parse_args(["--overwrite"])[1].overwrite and not parse_args([])[1].overwrite
+
+
+def test_too_few_images_for_one_batch_per_rank_are_refused_with_what_to_change(group_of_one, capsys):
+    with pytest.raises(OptionError, match=re.escape(
+            "10 training images shared by 2 process(es) give each 5 per epoch, less than one batch of 32 (a smaller "
+            "last batch is dropped): use --batch-size 5 or less, or at least 64 training images (--num-images), or "
+            "fewer processes")):
+        check_batches(10, 32, 2)
+    with pytest.raises(OptionError, match=r"give each 0 per epoch.*: use at least 4 training images \(--num-images\), "
+                                          r"or fewer processes$"):
+        check_batches(1, 2, 2)
+    with pytest.raises(OptionError, match="give each 31 per epoch"):  # drop_last: 63 images give 31 each
+        check_batches(63, 32, 2)
+    check_batches(64, 32, 2)
+    # Both commands check before they print anything.
+    config = TrainConfig(epochs=1, batch_size=32, num_images=10, device="cpu")
+    for command in (train, distributed.demo):
+        with pytest.raises(OptionError, match="use --batch-size 10 or less, or at least 32 training images"):
+            command(config, group_of_one)
+    assert capsys.readouterr().out == ""
+
+
+def test_the_header_names_the_data_and_says_when_it_is_the_stand_in(group_of_one, monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_QUICK", "1")  # --data cifar10 loads the stand-in
+    train(TrainConfig(epochs=1, batch_size=32, num_images=64, data="cifar10", device="cpu"), group_of_one)
+    assert ("training data: 64 images of the generated stand-in for CIFAR-10, not CIFAR-10: quick mode "
+            "(COURSE_QUICK=1) is on") in capsys.readouterr().out.splitlines()
+    # Where real CIFAR-10 is loaded, its source is named.
+    real = CIFAR10Data(torch.utils.data.Subset(StandInCIFAR10(20), range(20)), None, [], "torchvision download in /x")
+    monkeypatch.setattr("helpers.data.load_cifar10", lambda announce: real)
+    dataset, source = distributed.cifar10_tensors(8)
+    assert len(dataset) == 8 and source == "CIFAR-10 from the torchvision download in /x"
 
 
 def test_the_shards_of_the_ranks_are_disjoint_cover_the_data_and_change_with_set_epoch():
@@ -118,7 +231,7 @@ def test_clear_errors_outside_torchrun_and_for_bad_options(monkeypatch):
     with pytest.raises(ValueError, match="device must be 'auto', 'cuda' or 'cpu', got 'tpu'"):
         choose_backend("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        with pytest.raises(RuntimeError, match="no CUDA GPU: pass --device cpu"):
             choose_backend("cuda")
         assert choose_backend("auto")[0] == "gloo"
     with pytest.raises(SystemExit):
@@ -142,9 +255,9 @@ def test_cifar10_is_downloaded_by_local_rank_0_of_every_machine(monkeypatch, loc
     # Global rank 9 is on the second machine (8 processes each): its local rank decides.
     events = []
     monkeypatch.setattr(distributed.dist, "barrier", lambda: events.append("barrier"))
-    monkeypatch.setattr(distributed, "cifar10_tensors", lambda limit: events.append("load") or limit)
+    monkeypatch.setattr(distributed, "cifar10_tensors", lambda limit: events.append("load") or (limit, "source"))
     context = DistributedContext(9 - local_rank, local_rank, 16, torch.device("cpu"), "gloo")
-    assert distributed.training_data(TrainConfig(data="cifar10"), context) is None  # all images
+    assert distributed.training_data(TrainConfig(data="cifar10"), context) == (None, "source")  # all images
     assert events == order
 
 

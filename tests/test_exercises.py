@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -367,3 +368,253 @@ def test_a_long_error_message_is_cut_to_its_first_line():
     assert verdict.status == FAILED
     assert "\n" not in verdict.message and verdict.message.count("x") <= 300
     assert "`raise ValueError(" in verdict.message  # the learner's line is still named
+
+
+# --- Hidden cases: an answer must follow the rule, not a table of the results it was shown ------
+
+
+def _book_solutions() -> dict:
+    """The book's solution of each exercise: its notebook's solution cells, run in order (a later
+    one may call an earlier one), with the names they take from the chapter's earlier cells."""
+    import math
+
+    import torch.nn.functional as F
+
+    from helpers.engine import Value
+    from helpers.graphs import backward_graph
+
+    found = {}
+    for path in book_notebooks(ROOT):
+        namespace = {"torch": torch, "math": math, "F": F, "Value": Value, "backward_graph": backward_graph}
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type != "code":
+                continue
+            if "solution" in cell.metadata.get("tags", []):
+                exec(cell.source, namespace)
+            for name, function in re.findall(r'^check\("([\w.]+)", (\w+)\)', cell.source, re.M):
+                found[name] = namespace[function]
+    return found
+
+
+HIDDEN = sorted(name for name, exercise in exercises.EXERCISES.items() if exercise.hidden is not None)
+
+
+def test_the_exercises_with_small_or_few_results_have_hidden_cases():
+    # Their messages show each input and its expected result, few enough to copy into a table.
+    assert {"data.batches_per_epoch", "training.conv_output_size", "evaluation.early_stopping_epoch",
+            "distributed.shard_indices", "dynamic_graph.count_nodes", "dynamic_graph.count_leaves",
+            "training.mean_loss", "evaluation.macro_f1", "data.tensor_mean_std", "losses.mean_squared_error",
+            "losses.cross_entropy", "fast_training.smoothed_cross_entropy"} <= set(HIDDEN)
+
+
+def _shown(name: str) -> list[tuple[tuple, dict, object]]:
+    """(args, kwargs, expected result) of each case an exercise shows, in the order it runs them."""
+    if name == "training.mean_loss":  # one case, built by the judge itself
+        model, loader, _, _ = exercises._training_mean_loss_setup()
+        return [((), {}, exercises._training_true_mean_loss(model, loader, torch.nn.CrossEntropyLoss()))]
+    exercise = exercises.EXERCISES[name]
+    cases = exercise.cases or {
+        "losses.mean_squared_error": exercises._losses_mse_cases,
+        "losses.cross_entropy": exercises._losses_ce_cases,
+        "data.tensor_mean_std": exercises._data_stats_cases,
+        "training.conv_output_size": exercises._training_conv_cases,
+        "fast_training.smoothed_cross_entropy": exercises._fast_smoothing_cases,
+        "evaluation.macro_f1": exercises._evaluation_label_cases,
+        "evaluation.early_stopping_epoch": exercises._evaluation_curves,
+        "distributed.shard_indices": exercises._distributed_shard_cases,
+    }[name]
+    return [(c.args, c.kwargs, exercise.hidden.expected(*c.args, **c.kwargs)) for c in cases()]
+
+
+def _table_of(results: list):
+    """What a learner can write after reading the failures: the shown results, one per call in the
+    order the check makes them, whatever the input (a table keyed on the inputs does no better)."""
+    calls = iter(results)
+    return lambda *args, **kwargs: next(calls, results[0])
+
+
+@pytest.mark.parametrize("name", HIDDEN)
+def test_a_table_of_the_shown_results_passes_the_shown_cases_but_not_the_hidden_ones(name, monkeypatch):
+    exercise = exercises.EXERCISES[name]
+    results = [want for _, _, want in _shown(name)]
+    monkeypatch.setitem(exercises.EXERCISES, name, dataclasses.replace(exercise, hidden=None))
+    assert judge_answer(name, _table_of(results)).status == PASSED  # what the hidden cases stop
+    monkeypatch.setitem(exercises.EXERCISES, name, exercise)
+    verdict = judge_answer(name, _table_of(results))
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("passes the cases shown, but gives a wrong result on other inputs, which "
+                                      "the check does not show: make sure it follows the rule for "
+                                      f"{exercise.hidden.rule}, not only for the examples"), verdict.message
+    for case in exercise.hidden.draw(torch.Generator().manual_seed(exercises.HIDDEN_SEED)):
+        assert case.label not in verdict.message
+
+
+def _shard_by_padding(n, world, rank, epoch, seed=0, drop_last=False):
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    total = (n // world if drop_last else -(-n // world)) * world
+    return [order[i % n] for i in range(total)][rank::world]
+
+
+def _early_stopping_by_waiting(val_losses, patience):
+    best, best_epoch, waited = float("inf"), 0, 0
+    for epoch, loss in enumerate(val_losses, start=1):
+        if loss < best:
+            best, best_epoch, waited = loss, epoch, 0
+        else:
+            waited += 1
+            if waited == patience:
+                break
+    return best_epoch
+
+
+def _macro_f1_by_counting(y_true, y_pred, num_classes):
+    pairs = list(zip(torch.as_tensor(y_true).tolist(), torch.as_tensor(y_pred).tolist()))
+    scores = []
+    for k in range(num_classes):
+        tp = sum(t == k and p == k for t, p in pairs)
+        wrong = sum((t == k) != (p == k) for t, p in pairs)  # false positives and false negatives
+        scores.append(2 * tp / (2 * tp + wrong) if tp + wrong else 0.0)
+    return sum(scores) / num_classes
+
+
+def _mean_std_by_hand(images):
+    x = images.double() / 255
+    mean = x.mean(dim=(0, 2, 3))
+    std = ((x - mean[:, None, None]) ** 2).mean(dim=(0, 2, 3)).sqrt()
+    return mean.float(), std.float()
+
+
+def _mean_loss_by_sums(model, loader, loss_fn):
+    model.eval()
+    with torch.no_grad():
+        total = sum(loss_fn(model(x), y).item() * len(y) for x, y in loader)
+    model.train()
+    return total / len(loader.dataset)
+
+
+def _smoothing_by_hand(logits, targets, smoothing, ignore_index=-100):
+    kept = targets != ignore_index
+    log_p = torch.log_softmax(logits[kept], dim=1)
+    picked = log_p[torch.arange(len(log_p)), targets[kept]]
+    return -((1 - smoothing) * picked + smoothing * log_p.mean(dim=1)).mean()
+
+
+def _other_right_answers() -> dict:
+    """Right answers of the exercises with hidden cases, written otherwise than the book's."""
+    import math
+
+    return _reference_answers() | {
+        "data.batches_per_epoch": lambda n, b, drop_last=False: n // b if drop_last else math.ceil(n / b),
+        "training.conv_output_size": lambda size, k, stride=1, padding=0, dilation=1: math.floor(
+            (size + 2 * padding - dilation * (k - 1) - 1) / stride + 1),  # torch.nn.Conv2d's documentation
+        "evaluation.early_stopping_epoch": _early_stopping_by_waiting,
+        "distributed.shard_indices": _shard_by_padding,
+        "evaluation.macro_f1": _macro_f1_by_counting,
+        "data.tensor_mean_std": _mean_std_by_hand,
+        "training.mean_loss": _mean_loss_by_sums,
+        "fast_training.smoothed_cross_entropy": _smoothing_by_hand,
+    }
+
+
+@pytest.mark.parametrize("name", HIDDEN)
+def test_the_books_solutions_and_other_right_answers_pass_the_hidden_cases_whatever_the_seed(name):
+    answers = [_book_solutions()[name], _other_right_answers()[name]]
+    hidden = exercises.EXERCISES[name].hidden
+    for answer in answers:
+        assert judge_answer(name, answer).status == PASSED
+        for seed in range(25):
+            assert exercises.hidden_failure(answer, hidden, seed=seed) is None, (answer, seed)
+
+
+@pytest.mark.parametrize("name", HIDDEN)
+def test_the_hidden_cases_are_the_same_at_every_check(name):
+    # A verdict is reproducible: the learner's notebook, nbval and grading agree on it.
+    draw = exercises.EXERCISES[name].hidden.draw
+    first, again = (draw(torch.Generator().manual_seed(exercises.HIDDEN_SEED)) for _ in range(2))
+    assert [c.label for c in first] == [c.label for c in again]
+    assert len(first) >= 8
+
+
+def _right_where_shown(name: str, elsewhere):
+    """The shown results where the input is a shown case's, and ``elsewhere`` (a usual mistake)
+    on any other input."""
+    shown = _shown(name)
+
+    def answer(*args, **kwargs):
+        for shown_args, shown_kwargs, want in shown:
+            if shown_kwargs == kwargs and len(shown_args) == len(args) and all(
+                    a == b if not isinstance(a, torch.Tensor) else a is b or torch.equal(a, b)
+                    for a, b in zip(shown_args, args)):
+                return want
+        return elsewhere(*args, **kwargs)
+    return answer
+
+
+@pytest.mark.parametrize("name, mistake, explanation", [
+    ("data.batches_per_epoch", lambda n, b, drop_last=False: n // b,
+     "Without drop_last, the samples left over after the last full batch still form a batch"),
+    ("training.conv_output_size", lambda size, k, stride=1, padding=0, dilation=1:
+     (size + 2 * padding - dilation * k) // stride + 1, "That takes the kernel to cover dilation * kernel_size"),
+    ("evaluation.early_stopping_epoch", lambda losses, patience: exercises._evaluation_kept_epoch(losses, patience) - 1,
+     "Epochs are numbered from 1"),
+    ("distributed.shard_indices", lambda n, world, rank, epoch, seed=0, drop_last=False:
+     exercises._distributed_sampler_indices(n, world, rank, 0, seed, drop_last), "That is the order of epoch 0"),
+])
+def test_a_hidden_failure_names_the_mistake_without_the_input(name, mistake, explanation):
+    verdict = judge_answer(name, _right_where_shown(name, mistake))
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("passes the cases shown, but gives a wrong result on other inputs")
+    assert f"not only for the examples. {explanation}" in verdict.message, verdict.message
+    hidden = exercises.EXERCISES[name].hidden
+    for case in hidden.draw(torch.Generator().manual_seed(exercises.HIDDEN_SEED)):
+        assert case.label not in verdict.message
+
+
+def test_a_crash_on_a_hidden_input_does_not_show_the_input():
+    def crashes_on_large_batches(num_samples, batch_size, drop_last=False):
+        if batch_size > 64:
+            raise ValueError("too large")
+        return len(range(0, num_samples - batch_size + 1 if drop_last else num_samples, batch_size))
+
+    verdict = judge_answer("data.batches_per_epoch", crashes_on_large_batches)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("on an input that the check does not show, the answer raised ValueError: "
+                                      "too large"), verdict.message
+
+
+# --- A starter docstring states the task, never its answer ------------------------------------
+
+
+def _solution_docstrings(notebook: str) -> dict[str, str]:
+    import ast
+
+    found = {}
+    for cell in nbformat.read(ROOT / "book" / f"{notebook}.ipynb", as_version=4).cells:
+        if "solution" in cell.metadata.get("tags", []):
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.FunctionDef):
+                    found[node.name] = ast.get_docstring(node)
+    return found
+
+
+@pytest.mark.parametrize("notebook", ["autograd", "data", "training", "evaluation"])
+def test_a_solutions_docstring_states_the_task_not_its_formula(notebook):
+    # The student edition keeps each solution's docstring as the statement of the task, so it
+    # says what the function takes and returns, never how to compute it.
+    giveaways = ["ceil", "floor", "diagonal", "row sums", "zero the gradients", "TP", "p_i - t_i",
+                 "kernel_size - 1"]
+    docstrings = _solution_docstrings(notebook)
+    assert docstrings
+    for function, docstring in docstrings.items():
+        assert not re.search(r"[=*/+]", docstring), (function, docstring)  # no formula
+        assert not [g for g in giveaways if g in docstring], (function, docstring)
+
+
+def test_the_mean_loss_check_leaves_the_learners_random_state_alone():
+    from helpers.exercises import _training_mean_loss_setup
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    _training_mean_loss_setup()
+    assert torch.equal(torch.rand(3), expected)

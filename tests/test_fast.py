@@ -430,6 +430,9 @@ def test_table_speedups_chart_and_the_sentence_about_the_run(monkeypatch):
     assert table.endswith("Skipped: three: CUDA graphs needs a CUDA GPU, and this run is on cpu.")
     figure = plot_results(results, title="t")
     assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["three", "two", "one"]
+    figure.canvas.draw()  # seconds on the log axis as plain numbers, and no minor labels to collide
+    assert {t.get_text() for t in figure.axes[0].get_xticklabels() if t.get_visible()} >= {"1", "2", "5", "10"}
+    assert not any(t.get_text() for t in figure.axes[0].get_xticklabels(minor=True))
     matplotlib.pyplot.close(figure)
     monkeypatch.setenv(runtime.QUICK_ENV, "1")
     sentence = describe_measurements(CPU, "generated stand-in (quick mode)")

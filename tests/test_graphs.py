@@ -42,3 +42,19 @@ def test_drawing_puts_one_label_per_node():
     assert sorted(t.get_text() for t in ax.texts if t.get_text()) == sorted(
         ["SumBackward0", "MulBackward0", "ExpBackward0", "a\n(3,)"])
     plt.close("all")
+
+
+def test_graph_code_drops_only_the_statements_that_free_memory():
+    import torch.fx
+
+    from helpers.graphs import graph_code
+
+    def straight_line(v):
+        return (v * 2).relu().sum()
+
+    traced = torch.fx.symbolic_trace(straight_line)
+    assert "= None" in traced.code  # what FX writes, and graph_code removes
+    assert graph_code(traced).splitlines() == ["def forward(self, v):", "    mul = v * 2", "    relu = mul.relu()",
+                                               "    sum_1 = relu.sum()", "    return sum_1"]
+    chained = type("Traced", (), {"code": "    y = f(a, b);  a = b = None\n    return y"})()
+    assert graph_code(chained) == "y = f(a, b)\n    return y"  # one statement frees several names

@@ -4,6 +4,7 @@ and the exercises of the evaluation chapter telling typical wrong answers what i
 from fractions import Fraction
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -219,13 +220,30 @@ def test_macro_average_is_the_plain_mean_over_all_classes(sample):
     ([0, 1, 3], [0, 1, 2], 3, ValueError, r"y_true holds the label 3, outside 0\.\.2 \(num_classes=3\)"),
     ([0, 1, 2], [0, -1, 2], 3, ValueError, r"y_pred holds the label -1, outside 0\.\.2"),
     ([0, 1], torch.randn(2, 3), 3, ValueError, r"got shape \(2, 3\): .*take \.argmax\(dim=1\) first"),
+    # A column of labels is not scores: its argmax would be all zeros, so the hint is squeeze.
+    (torch.tensor([[0], [1]]), [0, 1], 3, ValueError,
+     r"got shape \(2, 1\): it looks like a column of labels; take \.squeeze\(1\) \(or \.flatten\(\)\) first"),
     ([0, 1], torch.tensor([0.0, 1.0]), 3, TypeError, "must hold integer class indices, got dtype torch.float32"),
     ([0, 1], ["cat", "dog"], 3, TypeError, "y_pred must be a 1-D tensor or sequence of class indices"),
     ([0, 1], [0, 1], 0, ValueError, "num_classes must be a positive integer, got 0"),
+    ([0, 1], [0, 1], np.int64(0), ValueError, "num_classes must be a positive integer, got 0"),
+    ([0, 1], [0, 1], 3.0, TypeError, r"num_classes must be a positive integer, got 3\.0 \(float\)"),
+    ([0, 1], [0, 1], torch.tensor(3.0), TypeError, "num_classes must be a positive integer"),
+    ([0, 1], [0, 1], True, TypeError, r"num_classes must be a positive integer, got True \(bool\)"),
+    ([0, 1], [0, 1], torch.tensor(True), TypeError, "num_classes must be a positive integer"),
 ])
 def test_bad_labels(y_true, y_pred, num_classes, error, message):
     with pytest.raises(error, match=message):
         confusion_matrix(y_true, y_pred, num_classes)
+
+
+@pytest.mark.parametrize("num_classes", [3, np.int64(3), np.int32(3), torch.tensor(3)],
+                         ids=["int", "numpy int64", "numpy int32", "0-d tensor"])
+def test_num_classes_may_be_any_integer_type(num_classes):
+    confusion = confusion_matrix(Y_TRUE, Y_PRED, num_classes)
+    assert confusion.tolist() == CONFUSION
+    with pytest.raises(ValueError, match=r"label 3, outside 0\.\.2 \(num_classes=3\)"):
+        confusion_matrix([0, 3], [0, 1], num_classes)
 
 
 def test_accuracy_of_nothing_and_of_mismatched_lengths():

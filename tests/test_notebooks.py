@@ -1,5 +1,6 @@
 """The committed notebooks are executed, fresh and clean; nbval (run over book/) does the rest."""
 
+import os
 import re
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import nbformat
 import pytest
 import yaml
 
-from helpers.notebooks import code_hash, problems
+from helpers.notebooks import QUICK_RUN, code_hash, problems
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").rglob("*.ipynb"))
@@ -99,6 +100,19 @@ def test_an_unexecuted_or_erroring_notebook_is_caught():
     assert "code cell 0 stores an error (ValueError) a reader would see" in problems(erroring)
 
 
+def test_a_quick_mode_run_is_caught_and_never_replaces_the_full_run(tmp_path):
+    nb = nbformat.read(ROOT / "book" / "dynamic_graph.ipynb", as_version=4)
+    nb.metadata["course"]["quick_mode"] = True
+    assert problems(nb) == [QUICK_RUN]
+    path = tmp_path / "full.ipynb"
+    nbformat.write(_tiny_notebook(None), path)
+    before = path.read_text()
+    run = subprocess.run([sys.executable, "-m", "helpers.notebooks", "execute", str(path)],
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "COURSE_QUICK": "1"})
+    assert run.returncode == 2 and "COURSE_QUICK is set" in run.stderr and "--out" in run.stderr
+    assert path.read_text() == before
+
+
 def test_a_noisy_run_never_replaces_the_committed_notebook(tmp_path):
     from helpers.notebooks import execute
 
@@ -126,8 +140,6 @@ def test_execute_stamps_and_writes_into_another_folder(tmp_path):
 
 
 def test_executed_kernels_know_they_are_executed(tmp_path, monkeypatch):
-    import os
-
     from helpers.notebooks import execute
 
     monkeypatch.delenv("COURSE_EXECUTING", raising=False)

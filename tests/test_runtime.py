@@ -26,10 +26,20 @@ def test_pick_device_falls_back_to_the_cpu_here():
     assert runtime.pick_device().type in (expected, "mps")
 
 
-def test_pick_device_refuses_a_missing_or_unknown_device():
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="'cuda' was asked for but is not available"):
-            runtime.pick_device("cuda")
+def test_pick_device_refuses_a_missing_or_unknown_device(monkeypatch):
+    # Pretend there is no GPU at all, so that the test means the same on every machine.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(RuntimeError) as error:
+        runtime.pick_device("cuda")
+    message = str(error.value)
+    assert message.startswith("device 'cuda' was asked for but is not available here: ")
+    for remedy in ("in Colab, choose Runtime > Change runtime type > GPU", "install a CUDA build of PyTorch",
+                   "pass 'cpu'"):
+        assert remedy in message
+    with pytest.raises(RuntimeError, match="'mps' was asked for .*Apple silicon.* pass 'cpu'"):
+        runtime.pick_device("mps")
+    assert runtime.pick_device() == torch.device("cpu")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         runtime.pick_device("tpu")
     assert runtime.pick_device("cpu") == torch.device("cpu")
@@ -82,3 +92,12 @@ def test_describe_run_warns_on_a_cpu_and_in_quick_mode(monkeypatch):
     assert line.endswith("so the numbers differ from the book's.")
     monkeypatch.setenv(runtime.QUICK_ENV, "0")
     assert runtime.describe_run("cpu").endswith(". Full run.")
+
+
+def test_show_source_fences_dedented_code():
+    from helpers.engine import Value
+    from helpers.runtime import seed_everything, show_source
+
+    shown = show_source(Value.__mul__, seed_everything).data
+    assert shown.startswith("```python\ndef __mul__(self, other)") and shown.endswith("\n```")
+    assert "\n\ndef seed_everything(" in shown

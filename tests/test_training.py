@@ -1,5 +1,6 @@
 """helpers.training: the model, one epoch, evaluation, fit, checkpoints (bitwise resume), curves."""
 
+import copy
 import math
 import os
 import re
@@ -196,11 +197,131 @@ def test_a_new_run_refuses_to_overwrite_a_checkpoint_unless_told(standin, tmp_pa
     assert load_checkpoint(checkpoint, restore_rng=False)["epoch"] == 2
 
 
+def _fit_slice(standin, epochs, checkpoint, make_optimizer=None, make_scheduler=None, seed=0,
+               loss_fn=nn.CrossEntropyLoss(), **options):
+    """A short fit on the stand-in slice; returns the model, optimizer, scheduler and history."""
+    seed_everything(seed)
+    model = SmallCNN()
+    optimizer = (make_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-3)))(model.parameters())
+    scheduler = make_scheduler(optimizer) if make_scheduler else None
+    history = fit(model, make_loader(standin[0], 64, shuffle=True, num_workers=0), None, loss_fn, optimizer, CPU,
+                  epochs, checkpoint_path=checkpoint, scheduler=scheduler, progress=False,
+                  verbose=False, **options)
+    return model, optimizer, scheduler, history
+
+
+def _sgd(lr):
+    return lambda parameters: torch.optim.SGD(parameters, lr=lr, momentum=0.9)
+
+
+def _one_cycle(max_lr):  # moves the learning rate and the momentum at every step
+    return lambda optimizer: torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=3)
+
+
+def test_a_run_with_a_schedule_resumes_and_a_changed_one_is_refused(standin, tmp_path):
+    # The saved learning rate and momentum are where the schedule had moved them, unlike a new
+    # optimizer's: that is no change of settings. Where the schedule starts is.
+    model, optimizer, scheduler, history = _fit_slice(standin, 3, None, _sgd(0.1), _one_cycle(0.1))
+    checkpoint = tmp_path / "cycle.pt"
+    _fit_slice(standin, 1, checkpoint, _sgd(0.1), _one_cycle(0.1))
+    before = checkpoint.read_bytes()
+    with pytest.raises(CheckpointError, match=r"was trained with initial_lr=0.004, max_lr=0.1 and min_lr=4e-07, "
+                                              r"but the optimizer given has initial_lr=0.008, max_lr=0.2 and "
+                                              r"min_lr=8e-07: .*new_settings=True cannot change them"):
+        _fit_slice(standin, 3, checkpoint, _sgd(0.1), _one_cycle(0.2), resume=True, new_settings=True)
+    assert checkpoint.read_bytes() == before
+    resumed, resumed_optimizer, resumed_scheduler, resumed_history = _fit_slice(
+        standin, 3, checkpoint, _sgd(0.1), _one_cycle(0.1), seed=5, resume=True)
+    _assert_same_state(model.state_dict(), resumed.state_dict())
+    assert resumed_history["train_loss"] == history["train_loss"]
+    assert resumed_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert resumed_scheduler.last_epoch == scheduler.last_epoch == 3
+
+
+def test_resuming_with_another_learning_rate_is_refused_unless_asked(standin, tmp_path):
+    checkpoint = tmp_path / "run.pt"
+    _fit_slice(standin, 1, checkpoint)
+    before = checkpoint.read_bytes()
+    seed_everything(1)
+    model = SmallCNN()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="run.pt was trained with lr=0.001, but the optimizer given has "
+                                              "lr=0.0001: to resume that run, create the optimizer with the same "
+                                              "settings; to go on from it with the new settings, pass "
+                                              "new_settings=True"):
+        fit(model, make_loader(standin[0], 64, shuffle=True, num_workers=0), None, nn.CrossEntropyLoss(),
+            torch.optim.Adam(model.parameters(), lr=1e-4), CPU, 2, checkpoint_path=checkpoint, resume=True,
+            verbose=False)
+    _assert_same_state(weights, model.state_dict())
+    assert checkpoint.read_bytes() == before
+    _, optimizer, _, history = _fit_slice(standin, 2, checkpoint, lambda p: torch.optim.Adam(p, lr=1e-4),
+                                          resume=True, new_settings=True)
+    assert history["epoch"] == [1, 2] and optimizer.param_groups[0]["lr"] == 1e-4
+    assert optimizer.state_dict()["state"][0]["step"] == 6  # Adam's step count went on from the checkpoint's 3
+    saved = load_checkpoint(checkpoint, restore_rng=False)["optimizer"]["param_groups"][0]
+    assert saved["lr"] == 1e-4  # what the run now trains with
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_resuming_a_run_that_has_its_epochs_already_says_so(standin, tmp_path, epochs):
+    checkpoint = tmp_path / "done.pt"
+    _fit_slice(standin, 2, checkpoint)
+    model = SmallCNN()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"nothing left to train: the checkpoint .*done.pt already has 2 epochs, "
+                                         rf"and epochs={epochs} asks for {epochs} in all: to train on, pass a larger "
+                                         rf"epochs; to use the trained model, load it with load_checkpoint"):
+        fit(model, make_loader(standin[0], 64, shuffle=True, num_workers=0), None, nn.CrossEntropyLoss(),
+            torch.optim.Adam(model.parameters(), lr=1e-3), CPU, epochs, checkpoint_path=checkpoint, resume=True)
+    _assert_same_state(weights, model.state_dict())
+
+
+def _nan_from_epoch_2(batches_per_epoch):
+    calls = []
+
+    def loss_fn(outputs, targets):
+        calls.append(1)
+        loss = nn.functional.cross_entropy(outputs, targets)
+        return loss * math.nan if len(calls) > batches_per_epoch else loss
+
+    return loss_fn
+
+
+def test_a_nan_loss_in_fit_says_the_model_is_spoilt_and_how_to_go_on(standin, tmp_path):
+    checkpoint = tmp_path / "nan.pt"
+    train = make_loader(standin[0], 64, shuffle=True, num_workers=0)  # 3 batches
+    seed_everything(0)
+    model = SmallCNN()
+    with pytest.raises(FloatingPointError, match=r"training loss became nan .* clip the gradients\. The model in "
+                                                 r"memory now holds NaN or infinite weights; .*nan.pt holds the run "
+                                                 r"after epoch 1: to go on from there with a lower learning rate, "
+                                                 r"call fit again with an optimizer created with it, resume=True and "
+                                                 r"new_settings=True"):
+        fit(model, train, None, _nan_from_epoch_2(3), torch.optim.SGD(model.parameters(), lr=0.1), CPU, 3,
+            checkpoint_path=checkpoint, verbose=False)
+    assert not all(torch.isfinite(p).all() for p in model.parameters())
+    # The advice works: the same model, an optimizer with a lower rate, and the checkpoint.
+    history = fit(model, train, None, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01), CPU, 3,
+                  checkpoint_path=checkpoint, resume=True, new_settings=True, verbose=False)
+    assert history["epoch"] == [1, 2, 3] and all(torch.isfinite(p).all() for p in model.parameters())
+    # Without a checkpoint of the run, or with a schedule, starting over is the way.
+    for options, advice in [({}, "create it again and start over with a lower learning rate"),
+                            ({"checkpoint_path": tmp_path / "s.pt", "make_scheduler": _one_cycle(0.1)},
+                             "s.pt holds the run after epoch 1, but its schedule was computed for the old learning "
+                             "rate: start a new run with a lower one")]:
+        with pytest.raises(FloatingPointError, match=advice):
+            _fit_slice(standin, 3, options.pop("checkpoint_path", None), _sgd(0.1), loss_fn=_nan_from_epoch_2(3),
+                       **options)
+
+
 def test_fit_argument_errors(standin):
     with pytest.raises(ValueError, match="resume=True needs the checkpoint_path"):
         _run(standin, epochs=1, resume=True)
     with pytest.raises(ValueError, match="epochs must be at least 1"):
         _run(standin, epochs=0)
+    with pytest.raises(ValueError, match="new_settings=True changes the settings of a run being resumed: pass "
+                                         "resume=True too"):
+        _fit_slice(standin, 1, None, new_settings=True)
 
 
 def test_early_stopping_callback_and_scheduler(standin, tmp_path):
@@ -278,10 +399,36 @@ def _write_zip(path):
         archive.writestr("notes/readme.txt", "not a checkpoint")
 
 
+def _flip_a_byte(path):
+    """Change one byte inside the largest tensor's data, as a failing disk or copy might."""
+    import zipfile
+
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)
+        position = bytes(raw).index(archive.read(largest)) + largest.file_size // 2
+    raw[position] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _legacy(path, state=None):
+    """Save in torch's older format (not a zip archive), which torch.load still reads."""
+    torch.save(state if state is not None else SmallCNN().state_dict(), path, _use_new_zipfile_serialization=False)
+
+
+RECOVER = r"restore it from a copy, or start the run again \(fit with overwrite=True, or another checkpoint_path\)"
+
+
 @pytest.mark.parametrize("damage, message", [
-    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "is not a PyTorch checkpoint: it is not the zip"),
-    (lambda p: p.write_text("epoch 3, loss 1.2"), "is not a PyTorch checkpoint"),
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+     "is cut short: it starts as the zip archive torch.save writes, but the archive's end is missing .*: " + RECOVER),
+    (lambda p: p.write_text("epoch 3, loss 1.2"),
+     "is not a PyTorch checkpoint: it is neither the zip archive torch.save writes nor torch's older format .*: "
+     + RECOVER),
+    (_flip_a_byte, r"is damaged: the bytes of its part archive/data/\d+ do not match their checksum .*: " + RECOVER),
+    (lambda p: (_legacy(p), p.write_bytes(p.read_bytes()[:-100])), "is damaged and cannot be read .*: " + RECOVER),
     (lambda p: torch.save(SmallCNN().state_dict(), p), "holds an OrderedDict with keys conv1.weight.*bare state_dict"),
+    (_legacy, "holds an OrderedDict with keys conv1.weight.*bare state_dict"),
     (lambda p: torch.save({"epoch": 3, "weights": [1, 2]}, p), "not a checkpoint written by helpers.training.save_checkpoint"),
     (lambda p: torch.save({"f": re.compile("x")}, p),
      "weights_only loading refuses.*: Unsupported global: GLOBAL re._compile was not an allowed global"),
@@ -322,9 +469,135 @@ def test_a_checkpoint_of_another_scheduler_is_refused(tmp_path):
         load_checkpoint(tmp_path / "s.pt", model, optimizer, scheduler=other, restore_rng=False)
 
 
+def test_a_checkpoint_in_torchs_older_format_loads(saved):
+    # torch.save(..., _use_new_zipfile_serialization=False) writes no zip archive; torch.load reads it.
+    path, model, _ = saved
+    _legacy(path, torch.load(path, weights_only=True))
+    other = SmallCNN()
+    assert load_checkpoint(path, other, restore_rng=False)["epoch"] == 4
+    _assert_same_state(model.state_dict(), other.state_dict())
+
+
+def _snapshot(model, optimizer):
+    """Copies of the weights, the optimizer's state and its settings, for _assert_untouched."""
+    return copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+
+
+def _assert_untouched(model, optimizer, before):
+    weights, optimizer_state = before
+    _assert_same_state(weights, model.state_dict())
+    _assert_same_state(optimizer_state["state"], optimizer.state_dict()["state"])
+    assert optimizer_state["param_groups"] == optimizer.state_dict()["param_groups"]
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A checkpoint after two steps of Adam (lr 1e-3), so that the optimizer has a state to restore."""
+    seed_everything(0)
+    model = SmallCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+        optimizer.step()
+    path = tmp_path / "trained.pt"
+    save_checkpoint(path, model, optimizer, epoch=2, loader_generator=torch.Generator().manual_seed(3))
+    return path, model, optimizer
+
+
+def _one_adam_step(model, optimizer):
+    """A step, so that the optimizer has a state of its own that a load would replace."""
+    nn.functional.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
+    optimizer.step()
+
+
+def test_an_optimizer_with_other_settings_is_refused_or_kept_on_request(trained):
+    path, saved_model, saved_optimizer = trained
+    model = SmallCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, weight_decay=0.01)
+    _one_adam_step(model, optimizer)
+    before = _snapshot(model, optimizer)
+    with pytest.raises(CheckpointError, match=r"trained.pt was trained with lr=0.001 and weight_decay=0, but the "
+                                              r"optimizer given has lr=0.1 and weight_decay=0.01: to resume that "
+                                              r"run, create the optimizer with the same settings; to go on from it "
+                                              r"with the new settings, pass new_settings=True; or start a new run "
+                                              r"\(in fit: overwrite=True, or another checkpoint_path\)"):
+        load_checkpoint(path, model, optimizer, restore_rng=False)
+    _assert_untouched(model, optimizer, before)
+    # On request: the weights and Adam's averages from the checkpoint, the settings as given.
+    load_checkpoint(path, model, optimizer, restore_rng=False, new_settings=True)
+    _assert_same_state(saved_model.state_dict(), model.state_dict())
+    _assert_same_state(saved_optimizer.state_dict()["state"], optimizer.state_dict()["state"])
+    assert (optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]) == (0.1, 0.01)
+    # The same settings load as before, and only the weights need no optimizer at all.
+    same = torch.optim.Adam(model.parameters(), lr=1e-3)
+    load_checkpoint(path, model, same, restore_rng=False)
+    assert same.param_groups[0]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("saved_one, given_one, message", [
+    (False, True, "was saved by a run without a scheduler, but a StepLR scheduler is given: to resume that run, "
+                  "leave the scheduler out; to train with a schedule, start a new run"),
+    (True, False, "was saved by a run with a StepLR scheduler, but none is given, and the learning rate would stay "
+                  "where that schedule left it: to resume that run, create the StepLR as it did and pass it too"),
+])
+def test_a_scheduler_given_or_left_out_unlike_the_saved_run_is_refused(tmp_path, saved_one, given_one, message):
+    def scheduled(optimizer, on):
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5) if on else None
+
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(tmp_path / "s.pt", model, optimizer, 1, scheduler=scheduled(optimizer, saved_one))
+    other = SmallCNN()
+    other_optimizer = torch.optim.SGD(other.parameters(), lr=0.1)
+    other_scheduler = scheduled(other_optimizer, given_one)
+    before = _snapshot(other, other_optimizer)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / "s.pt", other, other_optimizer, scheduler=other_scheduler, restore_rng=False)
+    _assert_untouched(other, other_optimizer, before)
+    load_checkpoint(tmp_path / "s.pt", other, restore_rng=False)  # the weights alone: no optimizer, no schedule
+
+
+def test_a_checkpoint_that_fits_the_model_but_not_the_optimizer_changes_nothing(trained):
+    # The weights load first; the optimizer, over fc3 only, does not fit: the weights are put back.
+    path = trained[0]
+    model = SmallCNN()
+    optimizer = torch.optim.Adam(model.fc3.parameters(), lr=1e-3)
+    _one_adam_step(model, optimizer)
+    before = _snapshot(model, optimizer)
+    with pytest.raises(CheckpointError, match="does not fit the optimizer, so nothing was restored: .*size"):
+        load_checkpoint(path, model, optimizer, restore_rng=False)
+    _assert_untouched(model, optimizer, before)
+
+
+def test_a_failure_at_the_last_step_of_a_load_puts_everything_back(trained):
+    class RefusingGenerator:  # takes back its own state only, as a generator of another device would
+        own = torch.Generator().get_state()
+
+        def get_state(self):
+            return self.own
+
+        def set_state(self, state):
+            if state is not self.own:
+                raise RuntimeError("this generator cannot take that state")
+
+    path = trained[0]
+    model = SmallCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    _one_adam_step(model, optimizer)
+    before = _snapshot(model, optimizer)
+    random_state = torch.get_rng_state()
+    with pytest.raises(CheckpointError, match="does not fit the loader generator, so nothing was restored"):
+        load_checkpoint(path, model, optimizer, loader_generator=RefusingGenerator())
+    _assert_untouched(model, optimizer, before)
+    assert torch.equal(torch.get_rng_state(), random_state)
+    _one_adam_step(model, optimizer)  # the optimizer still steps the model's parameters
+
+
 def test_a_checkpoint_for_another_model_or_a_missing_file(saved, tmp_path):
     path = saved[0]
-    with pytest.raises(CheckpointError, match="does not fit this model or optimizer"):
+    with pytest.raises(CheckpointError, match=r"does not fit the model, so nothing was restored: Error\(s\) in "
+                                              r"loading state_dict for Linear"):
         load_checkpoint(path, nn.Linear(2, 2), restore_rng=False)
     with pytest.raises(FileNotFoundError, match="there is no checkpoint file at"):
         load_checkpoint(tmp_path / "nope.pt")
