@@ -291,9 +291,12 @@ def _not_defined(function: str, cells: list) -> str:
 
 
 def _grader_verdict(exercise: str, function: str, cell, logged: list[str] | None, interrupted: bool,
-                    timeout: float, learner_cells: list) -> dict:
+                    timeout: float, learner_cells: list, died: bool = False) -> dict:
     """The verdict of the grader's cell ``cell`` on ``exercise``; ``logged``: the verdicts logged
-    while it ran (None: it never ran)."""
+    while it ran (None: it never ran); ``died``: the kernel died while it ran."""
+    if died:
+        return {"status": FAILED, "message": "the kernel died while its check ran (does the answer exit "
+                                             "Python or use too much memory?)"}
     if interrupted:
         return {"status": TIMED_OUT, "message": f"its check was still running after {timeout:g} s and was "
                                                 "interrupted (does the answer loop forever?)"}
@@ -368,6 +371,7 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         logged_before = {}  # a grader's cell -> how many verdicts were logged before it ran
         interrupted = set()  # the cells that ran past the limit
+        died_in = None  # the cell that was running when the kernel died
         started = {}  # the cell running, and when it started
 
         def starting(cell, cell_index, **_):
@@ -403,6 +407,7 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
                 outcome.append(f"timed out after {timeout:g} s in {where(stuck)} and did not stop when "
                                "interrupted: the later cells did not run")
         except DeadKernelError:
+            died_in = started.get("cell")
             outcome.append("the kernel died (did the notebook exit Python or run out of memory?)")
         except Exception as error:
             outcome.append(f"could not be run ({type(error).__name__}: {_first_line(error)})")
@@ -428,7 +433,8 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
         for i, after in zip(order, order[1:] + [None]):
             own = logged[logged_before[i]:logged_before.get(after, len(logged))] if i in logged_before else None
             submission.verdicts[graders[i]] = _grader_verdict(
-                graders[i], EXERCISES[graders[i]].function, nb.cells[i], own, i in interrupted, timeout, learner_cells)
+                graders[i], EXERCISES[graders[i]].function, nb.cells[i], own, i in interrupted, timeout, learner_cells,
+                died=i == died_in)
     if executed is not None:
         target = executed / submission.name
         target.parent.mkdir(parents=True, exist_ok=True)

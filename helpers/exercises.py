@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import sysconfig
 import traceback
@@ -164,7 +165,7 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
     if isinstance(expected, float):
         if isinstance(got, torch.Tensor) and got.numel() == 1:
             got = got.item()
-        if isinstance(got, bool) or not isinstance(got, (int, float)):
+        if isinstance(got, bool) or not isinstance(got, numbers.Real):
             raise _Mismatch(f"expected a number, got {type(got).__name__} {_describe(got)}")
         if math.isnan(got) and not math.isnan(expected):
             raise _Mismatch(f"expected {expected:.6g}, got NaN")
@@ -180,6 +181,11 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
                 compare(g, e, atol, rtol)
             except _Mismatch as err:
                 raise _Mismatch(f"item {i}: {err}") from None
+        return
+    if isinstance(expected, int) and not isinstance(expected, bool):
+        # A NumPy integer is an integer too; a bool or a float is not.
+        if isinstance(got, bool) or not isinstance(got, numbers.Integral) or int(got) != expected:
+            raise _Mismatch(f"expected {_describe(expected)}, got {_describe(got)}")
         return
     if type(got) is not type(expected) or got != expected:
         raise _Mismatch(f"expected {_describe(expected)}, got {_describe(got)}")

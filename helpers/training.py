@@ -479,16 +479,14 @@ def _changed_settings(state: dict, optimizer: torch.optim.Optimizer) -> list[tup
     """The optimizer settings that differ from the checkpoint's, as ("lr=0.001", "lr=0.1") pairs.
 
     Every key of a parameter group but "params": lr, weight_decay, betas, ... A scheduler moves
-    the learning rate as it steps (OneCycleLR and CyclicLR the momentum too), so with one the
-    current values are not compared; where the schedule starts is ("initial_lr", and OneCycleLR's
-    "max_lr", ..., which the scheduler records in the group).
+    the learning rate as it steps (OneCycleLR and CyclicLR the momentum too, also inside a
+    SequentialLR), so with one those current values are not compared; where the schedule starts
+    is ("initial_lr", and OneCycleLR's "max_lr", ..., which the scheduler records in the group).
     """
     saved_groups, given_groups = state["optimizer"]["param_groups"], optimizer.param_groups
     if len(saved_groups) != len(given_groups):
         return []  # load_state_dict says so
-    scheduled = state.get("scheduler")
-    moved = set() if scheduled is None else {"lr"} | (
-        {"momentum", "betas"} if scheduled.get("cycle_momentum") else set())
+    moved = set() if state.get("scheduler") is None else {"lr", "momentum", "betas"}
     changes = []
     for index, (saved, given) in enumerate(zip(saved_groups, given_groups)):
         where = f" in parameter group {index}" if len(given_groups) > 1 else ""
@@ -523,11 +521,15 @@ def _check_fits(path: Path, state: dict, optimizer, scheduler, new_settings: boo
                               f"given, and the learning rate would stay where that schedule left it: to "
                               f"resume that run, create the {saved_scheduler} as it did and pass it too; "
                               f"to train without a schedule, {_NEW_RUN}")
+    if new_settings and (saved_scheduler is not None or scheduler is not None):
+        raise CheckpointError(f"{path}: new_settings=True cannot be used with a scheduler, whose schedule "
+                              f"was computed from the run's settings (it would reset the learning rate "
+                              f"the schedule had reached): resume with the same settings, or {_NEW_RUN}")
     changes = _changed_settings(state, optimizer) if optimizer is not None else []
-    if changes and (not new_settings or saved_scheduler is not None):
+    if changes and not new_settings:
         saved, given = (_listed(side) for side in zip(*changes))
         advice = ("to go on from it with the new settings, pass new_settings=True; " if saved_scheduler is None
-                  else "new_settings=True cannot change them, as the schedule was computed from the old ones; ")
+                  else "")
         raise CheckpointError(f"{path} was trained with {saved}, but the optimizer given has {given}: to "
                               f"resume that run, create the optimizer with the same settings; {advice}"
                               f"or {_NEW_RUN}")
@@ -691,6 +693,7 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
                              f"{state['epoch']} epochs, and epochs={epochs} asks for {epochs} in all: to "
                              f"train on, pass a larger epochs; to use the trained model, load it with "
                              f"load_checkpoint(path, model)")
+        _check_fits(Path(checkpoint_path), state, optimizer, scheduler, new_settings)  # before any change
     model.to(device)  # before restoring: the optimizer's state goes to the parameters' device
     generator = getattr(train_loader, "generator", None)
     history, first_epoch = empty_history(), 1

@@ -763,3 +763,13 @@ def test_the_guides_example_exercise_runs_and_gives_the_verdicts_it_shows(monkey
     exec(starter_code(solution), namespace)  # what the student edition gives the learner
     assert exercises.judge_answer("losses.mean_absolute_error", namespace["mean_absolute_error"]).status == NOT_DONE
 
+
+
+def test_an_answer_that_kills_the_kernel_fails_its_own_exercise(tmp_path):
+    nbformat.write(_notebook("import os\n\ndef count_nodes(t):\n    os._exit(1)",
+                             "def count_leaves(t):\n    return 0"), tmp_path / "dynamic_graph.ipynb")
+    submission = grade_notebook(tmp_path / "dynamic_graph.ipynb", timeout=20)
+    assert submission.outcome.startswith("the kernel died")
+    assert submission.status("dynamic_graph.count_nodes") == FAILED
+    assert "the kernel died while its check ran" in submission.verdicts["dynamic_graph.count_nodes"]["message"]
+    assert submission.status("dynamic_graph.count_leaves") == "not run"  # its check came after

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import torch
 
@@ -101,6 +102,8 @@ def test_not_a_function_and_unknown_exercise():
     (float("nan"), 1.0, "expected 1, got NaN"),
     ("1.0", 1.0, "expected a number, got str"),
     (3, 4, "expected 4, got 3"),
+    (True, 1, "expected 1, got"),
+    (3.0, 3, "expected 3, got"),
     ((torch.ones(1), 2), (torch.ones(1), 3), "item 1: expected 3, got 2"),
 ])
 def test_compare_says_what_differs(got, expected, message):
@@ -113,6 +116,8 @@ def test_compare_accepts_close_values_and_scalar_tensors():
     compare(torch.tensor([1.0, 2.0 + 1e-8]), torch.tensor([1.0, 2.0]))
     compare(torch.tensor(0.5), 0.5)
     compare((1, torch.ones(2)), (1, torch.ones(2)))
+    compare(np.int64(3), 3)  # an integer from NumPy is an integer
+    compare(np.float32(0.5), 0.5)
 
 
 def test_a_judge_exercise_and_the_grading_log(tmp_path, monkeypatch):

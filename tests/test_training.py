@@ -218,6 +218,18 @@ def _one_cycle(max_lr):  # moves the learning rate and the momentum at every ste
     return lambda optimizer: torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=3)
 
 
+def test_a_one_cycle_schedule_inside_a_sequential_one_resumes(standin, tmp_path):
+    def warm_then_cycle(optimizer):  # the cycled momentum is in the inner scheduler's state
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [
+            torch.optim.lr_scheduler.LinearLR(optimizer, total_iters=1), _one_cycle(0.1)(optimizer)], milestones=[1])
+
+    model, *_ = _fit_slice(standin, 3, None, _sgd(0.1), warm_then_cycle)
+    checkpoint = tmp_path / "sequential.pt"
+    _fit_slice(standin, 2, checkpoint, _sgd(0.1), warm_then_cycle)
+    resumed, *_ = _fit_slice(standin, 3, checkpoint, _sgd(0.1), warm_then_cycle, seed=5, resume=True)
+    _assert_same_state(model.state_dict(), resumed.state_dict())
+
+
 def test_a_run_with_a_schedule_resumes_and_a_changed_one_is_refused(standin, tmp_path):
     # The saved learning rate and momentum are where the schedule had moved them, unlike a new
     # optimizer's: that is no change of settings. Where the schedule starts is.
@@ -227,8 +239,11 @@ def test_a_run_with_a_schedule_resumes_and_a_changed_one_is_refused(standin, tmp
     before = checkpoint.read_bytes()
     with pytest.raises(CheckpointError, match=r"was trained with initial_lr=0.004, max_lr=0.1 and min_lr=4e-07, "
                                               r"but the optimizer given has initial_lr=0.008, max_lr=0.2 and "
-                                              r"min_lr=8e-07: .*new_settings=True cannot change them"):
-        _fit_slice(standin, 3, checkpoint, _sgd(0.1), _one_cycle(0.2), resume=True, new_settings=True)
+                                              r"min_lr=8e-07: to resume that run"):
+        _fit_slice(standin, 3, checkpoint, _sgd(0.1), _one_cycle(0.2), resume=True)
+    # Even with nothing changed: new settings would reset the rate the schedule had reached.
+    with pytest.raises(CheckpointError, match="new_settings=True cannot be used with a scheduler"):
+        _fit_slice(standin, 3, checkpoint, _sgd(0.1), _one_cycle(0.1), resume=True, new_settings=True)
     assert checkpoint.read_bytes() == before
     resumed, resumed_optimizer, resumed_scheduler, resumed_history = _fit_slice(
         standin, 3, checkpoint, _sgd(0.1), _one_cycle(0.1), seed=5, resume=True)
@@ -570,26 +585,27 @@ def test_a_checkpoint_that_fits_the_model_but_not_the_optimizer_changes_nothing(
     _assert_untouched(model, optimizer, before)
 
 
-def test_a_failure_at_the_last_step_of_a_load_puts_everything_back(trained):
-    class RefusingGenerator:  # takes back its own state only, as a generator of another device would
-        own = torch.Generator().get_state()
+def test_a_failure_at_the_last_step_of_a_load_puts_everything_back(trained, monkeypatch):
+    set_rng_state, failed = training.set_rng_state, []
 
-        def get_state(self):
-            return self.own
+    def fails_once_half_done(state):  # the checkpoint's random state, set in part, then an error
+        set_rng_state(state)
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("this machine cannot take that random state")
 
-        def set_state(self, state):
-            if state is not self.own:
-                raise RuntimeError("this generator cannot take that state")
-
+    monkeypatch.setattr(training, "set_rng_state", fails_once_half_done)
     path = trained[0]
     model = SmallCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     _one_adam_step(model, optimizer)
     before = _snapshot(model, optimizer)
-    random_state = torch.get_rng_state()
-    with pytest.raises(CheckpointError, match="does not fit the loader generator, so nothing was restored"):
-        load_checkpoint(path, model, optimizer, loader_generator=RefusingGenerator())
+    generator = torch.Generator().manual_seed(123)
+    generator_state, random_state = generator.get_state(), torch.get_rng_state()
+    with pytest.raises(CheckpointError, match="does not fit the random generators, so nothing was restored"):
+        load_checkpoint(path, model, optimizer, loader_generator=generator)
     _assert_untouched(model, optimizer, before)
+    assert torch.equal(generator.get_state(), generator_state)
     assert torch.equal(torch.get_rng_state(), random_state)
     _one_adam_step(model, optimizer)  # the optimizer still steps the model's parameters
 
