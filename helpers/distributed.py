@@ -14,7 +14,6 @@ prints and writes files. ``python -m helpers.distributed --help`` lists the opti
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from dataclasses import dataclass

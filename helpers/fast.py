@@ -752,7 +752,7 @@ class ProfileReport:
     wall_seconds: float
     waiting_for_data_seconds: float  # the CPU inside "next batch": fetching, decoding, copying
     device_busy_seconds: float | None  # the GPU running kernels and copies (None without CUDA)
-    top: list[tuple[str, int, float]]  # (name, calls, seconds): kernels on a GPU, operators on a CPU
+    top: list[tuple[str, int, float]]  # (name, calls, seconds): kernels (kernel_label) on a GPU, operators on a CPU
     messages: str = ""  # what the profiler or PyTorch wrote to stderr meanwhile
 
     def __str__(self) -> str:
@@ -774,6 +774,45 @@ class ProfileReport:
         return "\n".join(lines)
 
 
+def kernel_label(name: str) -> str:
+    """A CUDA kernel's name without what C++ kernels share: ``void``, namespaces, the arguments.
+
+    ``void at::native::(anonymous namespace)::elementwise_kernel<...>(int, ...)`` becomes
+    ``elementwise_kernel<...>``: cut to a column's width, full names would all look alike.
+    Other names (``Memcpy HtoD (Pinned -> Device)``, Triton's kernels) are kept as they are.
+    """
+    if not name.startswith("void "):
+        return name
+    name = re.sub(r"(\(anonymous namespace\)|\w+)::", "", name[len("void "):])
+    if name.endswith(")"):  # drop the argument list: from its '(' to the end
+        depth = 0
+        for i in range(len(name) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(name[i], 0)
+            if depth == 0:
+                name = name[:i].rstrip() or name
+                break
+    return name
+
+
+def gpu_kernel_times(events) -> tuple[float, list[tuple[str, int, float]]]:
+    """The GPU's busy seconds and (label, calls, seconds) per kernel label, longest first.
+
+    ``events`` is ``prof.events()``. On a GPU the profiler also lays each ``record_function``
+    range over the GPU's timeline, as an event on the CUDA device: those are left out, or the
+    "training step" range would count every kernel inside it a second time.
+    """
+    from torch.autograd import DeviceType
+
+    kernels = {}
+    for event in events:
+        if event.device_type == DeviceType.CUDA and not event.is_user_annotation:
+            label = kernel_label(event.name)
+            calls, total = kernels.get(label, (0, 0.0))
+            kernels[label] = (calls + 1, total + event.time_range.elapsed_us() / 1e6)
+    busy = sum(total for _, total in kernels.values())
+    return busy, sorted(((label, c, t) for label, (c, t) in kernels.items()), key=lambda x: -x[2])
+
+
 def profile_steps(model: nn.Module, loader, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                   device: torch.device | str, *, steps: int = 10, top: int = 6) -> ProfileReport:
     """Run ``steps`` training steps under ``torch.profiler`` and summarise where the time went.
@@ -782,7 +821,6 @@ def profile_steps(model: nn.Module, loader, loss_fn: Callable, optimizer: torch.
     long the loop waited for data. On a GPU it also sums the kernels' own times (busy time).
     The steps train the model, as any training steps do.
     """
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, record_function
 
     device = torch.device(device)
@@ -806,13 +844,7 @@ def profile_steps(model: nn.Module, loader, loss_fn: Callable, optimizer: torch.
     averages = prof.key_averages()
     waiting = sum(e.cpu_time_total for e in averages if e.key == "next batch") / 1e6
     if device.type == "cuda":
-        kernels = {}
-        for event in prof.events():
-            if event.device_type == DeviceType.CUDA:
-                calls, total = kernels.get(event.name, (0, 0.0))
-                kernels[event.name] = (calls + 1, total + event.time_range.elapsed_us() / 1e6)
-        busy = sum(total for _, total in kernels.values())
-        ranked = sorted(((name, c, t) for name, (c, t) in kernels.items()), key=lambda x: -x[2])
+        busy, ranked = gpu_kernel_times(prof.events())
     else:
         busy = None
         ranked = sorted(((e.key, e.count, e.self_cpu_time_total / 1e6) for e in averages

@@ -34,7 +34,7 @@ from helpers.classroom import (DEFAULT_TIMEOUT, INTERRUPT_GRACE, NO_EXERCISE, TA
                                checked_exercises, exercise_table, expected_exercises, grade_notebook,
                                guide_with_table, has_exercises, is_exercise_cell, is_solution_cell, main,
                                starter_code, student_edition, without_solution_text)
-from helpers.exercises import CHECK_ERROR, FAILED, NOT_DONE, PASSED, Verdict
+from helpers.exercises import FAILED, NOT_DONE, Verdict
 from helpers.notebooks import book_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import torchvision.datasets.cifar as tv_cifar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from torch.utils.data import TensorDataset
+from torch.utils.data import RandomSampler, SequentialSampler, TensorDataset
 
 from helpers import data, runtime
 from helpers.data import (CLASSES, DataSourceError, StandInCIFAR10, WithTransform, channel_mean_std,
@@ -437,3 +437,88 @@ def test_batches_per_epoch_exercise_catches_forgetting_drop_last():
     verdict = judge_answer("data.batches_per_epoch", floor_always)
     assert verdict.status == FAILED
     assert verdict.message.startswith("on 10 samples in batches of 4, expected 3, got 2")
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPG", "jpeg"])
+def test_image_files_are_read_whatever_the_case_of_their_suffix(tmp_path, fmt):
+    make_tree(tmp_path, per_class=2, fmt=fmt)
+    assert len(load_cifar10(tmp_path, announce=False).train) == 20
+
+
+def test_grayscale_image_files_are_read_as_rgb(tmp_path):
+    make_tree(tmp_path, per_class=1)
+    for path in tmp_path.glob("*/*/*.png"):
+        Image.new("L", (32, 32), 77).save(path)
+    image, _ = load_cifar10(tmp_path, announce=False).train[0]
+    assert image.mode == "RGB"
+
+
+def test_full_mode_refuses_a_class_folder_with_more_images_than_cifar10_has(tmp_path, monkeypatch, full_mode):
+    monkeypatch.setattr(data, "IMAGES_PER_CLASS", {"train": 2, "test": 2})
+    make_tree(tmp_path, per_class=2)
+    Image.new("RGB", (32, 32)).save(tmp_path / "train" / "cat" / "copy.png")  # a merged second copy, say
+    with pytest.raises(DataSourceError, match=r"train/cat \(given as image_folder\) holds 3 images, but every "
+                                              r"class folder of CIFAR-10's train/ split holds 2"):
+        load_cifar10(tmp_path)
+
+
+def test_augmentation_runs_first_on_the_pil_image():
+    seen = []
+    transform = normalising_transform([0.5] * 3, [0.25] * 3, augment=[lambda image: seen.append(image) or image])
+    transform(Image.new("RGB", (4, 4)))
+    assert isinstance(seen[0], Image.Image)
+
+
+def test_default_num_workers_is_one_per_core_up_to_eight(monkeypatch):
+    monkeypatch.setattr(data, "available_cpus", lambda: 16)
+    assert data.default_num_workers() == 8
+    monkeypatch.setattr(data, "available_cpus", lambda: 3)
+    assert data.default_num_workers() == 3
+
+
+def test_make_loader_shuffles_drops_the_last_batch_and_refuses_negative_workers_as_asked():
+    dataset = TensorDataset(torch.arange(10))
+    assert len(make_loader(dataset, 4, shuffle=False, num_workers=0, drop_last=True)) == 2
+    assert len(make_loader(dataset, 4, shuffle=False, num_workers=0)) == 3
+    assert isinstance(make_loader(dataset, 4, shuffle=True, num_workers=0).sampler, RandomSampler)
+    assert isinstance(make_loader(dataset, 4, shuffle=False, num_workers=0).sampler, SequentialSampler)
+    with pytest.raises(ValueError, match="num_workers must be 0 or more, got -1"):
+        make_loader(dataset, 4, shuffle=False, num_workers=-1)
+
+
+def test_channel_mean_std_of_a_constant_channel_is_zero_not_nan():
+    # E[x^2] - E[x]^2 comes out a hair below zero for some constants: the square root must not see it.
+    images = torch.full((3, 3, 7, 7), 7 / 255)
+    mean, std = channel_mean_std(TensorDataset(images, torch.zeros(3)), num_workers=0)
+    torch.testing.assert_close(mean, torch.full((3,), 7 / 255))
+    assert torch.equal(std, torch.zeros(3))
+
+
+def test_only_the_training_loader_is_augmented_and_shuffled(tmp_path):
+    make_tree(tmp_path, per_class=4)
+    calls = []
+    loaders = cifar10_loaders(8, validation_size=10, image_folder=tmp_path, num_workers=0,
+                              augment=[lambda image: calls.append(1) or image])
+    for loader in (loaders.validation, loaders.test):
+        for _ in loader:
+            pass
+    assert calls == []
+    for _ in loaders.train:
+        pass
+    assert len(calls) == 30
+    assert isinstance(loaders.train.sampler, RandomSampler)
+    assert isinstance(loaders.validation.sampler, SequentialSampler) and isinstance(loaders.test.sampler,
+                                                                                     SequentialSampler)
+
+
+def test_quick_mode_holds_out_500_images_by_default(monkeypatch):
+    monkeypatch.setenv(runtime.QUICK_ENV, "1")
+    loaders = cifar10_loaders(64, num_workers=0)
+    assert (len(loaders.train.dataset), len(loaders.validation.dataset)) == (2000, 500)
+
+
+def test_the_stand_in_shuffles_its_classes():
+    assert data.StandInCIFAR10(40, seed=0).targets[:10] != list(range(10))

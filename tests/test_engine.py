@@ -3,13 +3,13 @@
 import gc
 import math
 import operator
+import random
 
 import pytest
 import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from helpers import engine
 from helpers.engine import MLP, Layer, Neuron, Value, backward, cyclic_gc_paused
 from helpers.exercises import FAILED, NOT_DONE, PASSED, judge_answer
 
@@ -524,3 +524,79 @@ def test_starter_code_is_not_done_yet():
 
     for name in ("autograd.sigmoid_op", "autograd.train_step", "autograd.logistic_grad"):
         assert judge_answer(name, starter).status == NOT_DONE
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+def test_log_of_zero_is_refused_with_the_engines_message():
+    with pytest.raises(ValueError, match=r"log is defined for positive numbers only, got 0.0"):
+        Value(0.0).log()
+
+
+def test_relu_passes_no_gradient_at_zero_like_torch():
+    x = Value(0.0)
+    x.relu().backward()
+    t = torch.tensor(0.0, requires_grad=True)
+    t.relu().backward()
+    assert x.grad == t.grad.item() == 0.0
+
+
+def test_backward_from_a_leaf_accumulates_like_torch():
+    x = Value(2.0)
+    x.backward()
+    x.backward()
+    assert x.grad == 2.0  # torch: a leaf's .grad accumulates, 1 + 1
+    y = Value(3.0)
+    z = y * 2
+    backward([z, z], [1.0, 10.0])  # the same output twice: its seeds add up
+    assert y.grad == 2 * 11
+
+
+def test_backward_of_no_outputs_without_seeds_is_refused():
+    with pytest.raises(RuntimeError, match="this output is 0 Values"):
+        backward([])
+
+
+def test_cyclic_gc_paused_leaves_a_disabled_collector_disabled():
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()
+        with cyclic_gc_paused():  # nested: the inner block must not turn the collector back on
+            with cyclic_gc_paused():
+                pass
+            assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_neuron_bias_is_drawn_like_torchs_linear():
+    rng = random.Random(0)
+    biases = [Neuron(4, rng=rng).b.data for _ in range(200)]
+    assert all(-0.5 <= b <= 0.5 for b in biases)
+    assert len(set(biases)) == 200 and min(biases) < -0.4 and max(biases) > 0.4
+
+
+def test_a_neuron_refuses_too_few_inputs_too():
+    with pytest.raises(ValueError, match="this neuron takes 3 inputs, got 2"):
+        Neuron(3)([1.0, 2.0])
+
+
+def test_a_neuron_refuses_an_unknown_activation():
+    with pytest.raises(ValueError, match="activation must be 'tanh', 'relu' or None, got 'sigmoid'"):
+        Neuron(2, activation="sigmoid")
+
+
+def test_the_rng_given_to_an_mlp_alone_decides_its_weights():
+    first = [p.data for p in MLP(2, [3, 1], rng=random.Random(7)).parameters()]
+    random.seed(123)  # the global generator must play no part
+    again = [p.data for p in MLP(2, [3, 1], rng=random.Random(7)).parameters()]
+    assert again == first
+    assert [p.data for p in Layer(2, 3, rng=random.Random(7)).parameters()] == first[:9]
+
+
+def test_an_mlp_of_one_linear_layer_still_refuses_an_unknown_activation():
+    with pytest.raises(ValueError, match="activation must be 'tanh', 'relu' or None, got 'sigmoid'"):
+        MLP(2, [1], activation="sigmoid")

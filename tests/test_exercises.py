@@ -144,8 +144,6 @@ def test_an_exercise_cannot_be_registered_twice():
 
 
 def test_a_judge_that_calls_the_answer_reports_its_crash_with_the_input(monkeypatch):
-    from helpers.exercises import call_answer
-
     def judge(answer):
         got = call_answer(answer, "the input 3", 3)
         return None if got == 9 else f"expected 9, got {got}"

@@ -15,19 +15,21 @@ import matplotlib
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import Subset
 
 from helpers import fast, runtime
-from helpers.data import StandInCIFAR10, WithTransform, channel_mean_std, make_loader, to_tensor_transform
+from helpers.data import (CIFAR10Data, StandInCIFAR10, WithTransform, channel_mean_std, make_loader,
+                          to_tensor_transform)
 from helpers.exercises import FAILED, PASSED, judge_answer
 from helpers.fast import (Autocast, DeviceLoader, DeviceTimer, FlipAndCrop, FlipAverage, ResNet9, Residual,
                           StepResult, benchmark_steps, bf16_compile_skip, captured_stderr, channel_stats,
-                          crop_at, cuda_only,
-                          dataset_to_tensors, describe_measurements, normalise, plot_results, profile_steps,
-                          random_crop, random_flip, results_table, run_step, speedups)
+                          cifar10_on_device, crop_at, cuda_only, dataset_to_tensors, describe_measurements,
+                          normalise, plot_results, profile_steps, random_crop, random_flip, random_subset,
+                          results_table, run_step, speedups, training_step)
 from helpers.runtime import seed_everything
 from helpers.training import SmallCNN
 
@@ -409,6 +411,30 @@ def test_only_the_profilers_routine_notices_are_left_out():
     assert fast._without_profiler_notices(no_gpu) == expected
 
 
+def test_the_gpus_busy_time_counts_each_kernel_once_and_leaves_out_the_marked_ranges():
+    # What prof.events() holds for one step on a GPU: two kernels, a copy, and the profiler's
+    # projections of the two record_function ranges onto the GPU's timeline.
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    def on_gpu(name, start_us, end_us, marked=False):
+        return FunctionEvent(0, name, 0, start_us, end_us, device_type=DeviceType.CUDA,
+                             use_device="cuda", is_user_annotation=marked)
+
+    add = ("void at::native::(anonymous namespace)::vectorized_elementwise_kernel<4, "
+           "at::native::CUDAFunctor_add<c10::BFloat16> >(int, at::native::CUDAFunctor_add<c10::BFloat16>)")
+    events = [on_gpu("Memcpy HtoD (Pinned -> Device)", 0, 10), on_gpu("next batch", 0, 10, marked=True),
+              on_gpu("void cudnn::conv_kernel<float>(float const*)", 20, 120), on_gpu(add, 125, 140),
+              on_gpu(add, 141, 145), on_gpu("training step", 20, 145, marked=True),
+              FunctionEvent(0, "aten::add", 0, 125, 140)]  # a CPU event
+    busy, ranked = fast.gpu_kernel_times(events)
+    assert busy == pytest.approx(129e-6)
+    assert [(label, calls) for label, calls, _ in ranked] == [
+        ("conv_kernel<float>", 1), ("vectorized_elementwise_kernel<4, CUDAFunctor_add<BFloat16> >", 2),
+        ("Memcpy HtoD (Pinned -> Device)", 1)]
+    assert ranked[1][2] == pytest.approx(19e-6)
+
+
 def test_profile_steps_through_a_loader_with_worker_processes():
     standin = WithTransform(StandInCIFAR10(64, seed=0), to_tensor_transform())
     model = SmallCNN()
@@ -532,3 +558,140 @@ def test_the_hints_point_to_the_idea_without_giving_the_answers_code():
             ("fast_training.crop_batch", ["torch.arange(", "[:, None]", "permute("])]:
         hint = EXERCISES[name].hint
         assert not [piece for piece in pieces_of_the_answer if piece in hint], hint
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+def test_a_dataset_with_a_transform_is_decoded_through_it():
+    plain = StandInCIFAR10(8, seed=0)
+    mirrored = StandInCIFAR10(8, seed=0, transform=lambda image: image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    assert torch.equal(dataset_to_tensors(mirrored, num_workers=0)[0], dataset_to_tensors(plain)[0].flip(3))
+
+
+def test_random_subset_is_random_seeded_and_paired():
+    images, labels = torch.arange(100).float(), torch.arange(100)
+    kept_images, kept_labels = random_subset(images, labels, 10, seed=0)
+    assert torch.equal(kept_images.long(), kept_labels) and len(set(kept_labels.tolist())) == 10
+    assert not torch.equal(kept_labels, torch.arange(10))  # not the first ten: an image folder is sorted by class
+    assert torch.equal(random_subset(images, labels, 10, seed=0)[1], kept_labels)
+
+
+def test_cifar10_on_device_normalises_with_the_training_images_and_keeps_the_limits():
+    cifar = CIFAR10Data(StandInCIFAR10(40, seed=0), StandInCIFAR10(30, seed=1), ["c"] * 10, "stand-in")
+    result = cifar10_on_device(CPU, cifar, train_limit=20, test_limit=10)
+    assert (len(result.train_labels), len(result.test_labels)) == (20, 10)
+    train_u8, train_y = random_subset(*dataset_to_tensors(cifar.train), 20, 0)
+    mean, std = channel_stats(train_u8)
+    torch.testing.assert_close(result.mean, mean)
+    torch.testing.assert_close(result.std, std)
+
+
+def test_a_device_loader_refuses_tensors_on_two_devices_and_allows_one_whole_batch():
+    with pytest.raises(ValueError, match="images are on meta but labels on cpu"):
+        DeviceLoader(torch.zeros(4, 3, 2, 2, device="meta"), torch.arange(4), 2, shuffle=False)
+    assert len(DeviceLoader(torch.zeros(6, 3, 2, 2), torch.arange(6), 6, shuffle=True, drop_last=True)) == 1
+
+
+def test_random_crop_reaches_every_offset_on_both_axes():
+    # 300 copies of one image; each crop is matched to the window (top, left) it was cut from.
+    torch.manual_seed(0)
+    images = torch.randn(1, 1, 5, 5).expand(300, 1, 5, 5).contiguous()
+    windows = {(t, l): crop_at(images[:1], 2, torch.tensor([t]), torch.tensor([l]))[0]
+               for t in range(5) for l in range(5)}
+    seen = {next(offset for offset, window in windows.items() if torch.equal(crop, window))
+            for crop in random_crop(images, 2)}
+    assert seen == set(windows)  # every shift of -2..2 pixels, down and right, drawn independently
+    with pytest.raises(ValueError, match="padding must be between 0 and 4"):
+        random_crop(images, 5)
+
+
+def test_flip_and_crop_flips_and_crops():
+    torch.manual_seed(0)
+    images = torch.randn(8, 3, 6, 6)
+    assert torch.equal(FlipAndCrop(padding=0, flip_probability=1.0)(images), images.flip(3))
+    assert not torch.equal(FlipAndCrop(padding=2, flip_probability=0.0)(images), images)
+
+
+def test_resnet9_blocks_are_conv_bn_relu_and_residual_where_it_says():
+    assert (fast.conv_bn(3, 4)(torch.randn(2, 3, 5, 5)) >= 0).all()  # ends in a ReLU
+    model = ResNet9(widths=(4, 8, 16, 32))  # four different widths: no layer can be skipped unnoticed
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert isinstance(model.layer1[2], Residual) and isinstance(model.layer3[2], Residual)
+    with pytest.raises(ValueError, match="four positive channel counts"):
+        ResNet9(widths=(4, 0, 8, 8))
+
+
+def test_an_empty_loader_is_an_error_not_a_hang_or_a_stopiteration():
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="the loader gave no batches"):
+        benchmark_steps(model, [], nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), CPU,
+                        warmup=0, steps=1)
+
+
+def test_training_step_starts_from_fresh_gradients():
+    model = nn.Linear(3, 2)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 100.0)  # left over from somewhere else
+    reference = nn.Linear(3, 2)
+    reference.load_state_dict(model.state_dict())
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    training_step(model, x, y, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1))
+    nn.functional.cross_entropy(reference(x), y).backward()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_run_step_stops_at_the_target_accuracy_and_sums_the_epochs_times(tiny, monkeypatch):
+    train_x, train_y, test_x, test_y = tiny
+
+    class OneSecond:  # every epoch takes exactly one second
+        def __init__(self, device):
+            self.seconds = 1.0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            pass
+
+    monkeypatch.setattr(fast, "DeviceTimer", OneSecond)
+    evaluated = []
+    eval_model = SmallCNN()
+    eval_model.register_forward_hook(lambda *args: evaluated.append(1))
+    common = dict(device=CPU, make_optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.01), verbose=False,
+                  warmup_steps=0)
+    loader = DeviceLoader(train_x, train_y, 64, shuffle=True)
+    test = DeviceLoader(test_x, test_y, 64, shuffle=False)
+    result = run_step("t", SmallCNN(), loader, test, epochs=3, target_accuracy=0.0, eval_model=eval_model, **common)
+    assert (result.epochs, len(result.train_losses), result.train_seconds) == (1, 1, 1.0) and result.reached_target
+    assert evaluated  # the accuracy is eval_model's
+    result = run_step("t", SmallCNN(), loader, test, epochs=3, **common)
+    assert (result.epochs, result.train_seconds) == (3, 3.0)
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        run_step("t", SmallCNN(), loader, test, epochs=0, **common)
+
+
+def test_step_result_line_and_target():
+    result = StepResult("s", 64, 1, train_seconds=2.0, warmup_seconds=1.0, images=100, test_accuracy=0.9,
+                        target_accuracy=0.9, messages="a warning\nmore\n")
+    assert result.reached_target  # reaching the target exactly counts
+    line = result.line()
+    assert line.startswith("s: 1 epoch in 2.00 s") and "reached the target 90.0%" in line
+    assert "PyTorch wrote 2 line(s) to stderr\n  meanwhile; the first: a warning" in line
+
+
+def test_a_quick_run_on_a_gpu_is_not_called_a_full_run(monkeypatch):
+    monkeypatch.setenv(runtime.QUICK_ENV, "1")
+    monkeypatch.setattr(fast.runtime, "device_name", lambda device: "cuda (NVIDIA H200)")
+    sentence = describe_measurements("cuda", "generated stand-in (quick mode)")
+    assert sentence.startswith("These outputs are a stand-in run: it ran in quick mode (small sizes, generated "
+                               "stand-in (quick mode))."), sentence
+
+
+def test_the_profile_ranks_operators_not_its_own_markers(tiny):
+    train_x, train_y, _, _ = tiny
+    model = SmallCNN()
+    report = fast.profile_steps(model, DeviceLoader(train_x, train_y, 32, shuffle=True), nn.CrossEntropyLoss(),
+                                torch.optim.SGD(model.parameters(), lr=0.01), CPU, steps=2, top=50)
+    assert not {"next batch", "training step"} & {name for name, _, _ in report.top}

@@ -524,3 +524,77 @@ def test_the_starter_code_is_not_done_yet_with_a_hint():
     verdict = judge_answer("losses.bce_with_logits", starter)
     assert verdict.status == NOT_DONE
     assert "Hint: the backward pass of torch.where reaches both branches" in verdict.message
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+SOME_LOGITS = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+SOME_TARGETS = torch.tensor([0, 1, 3])
+
+
+def test_a_target_that_is_not_a_tensor_is_named():
+    with pytest.raises(TypeError, match=r"target must be a tensor, got list: wrap it with torch.tensor"):
+        losses.mean_squared_error(torch.zeros(2), [0.0, 1.0])
+
+
+def test_negative_label_smoothing_is_refused():
+    with pytest.raises(ValueError, match="label_smoothing must be a number in \\[0, 1\\], got -0.1"):
+        losses.cross_entropy(SOME_LOGITS, SOME_TARGETS, label_smoothing=-0.1)
+
+
+def test_label_smoothing_given_as_a_string_is_refused_with_the_message():
+    with pytest.raises(ValueError, match="label_smoothing must be a number in \\[0, 1\\], got '0.1'"):
+        losses.cross_entropy(SOME_LOGITS, SOME_TARGETS, label_smoothing="0.1")
+
+
+def test_label_smoothing_of_exactly_one_is_allowed_as_in_torch():
+    torch.testing.assert_close(losses.cross_entropy(SOME_LOGITS, SOME_TARGETS, label_smoothing=1.0),
+                               F.cross_entropy(SOME_LOGITS, SOME_TARGETS, label_smoothing=1.0))
+
+
+@pytest.mark.parametrize("weight", [None, torch.tensor([1.0, 2.0, 0.5])])
+def test_a_minus_inf_logit_of_a_wrong_class_gives_torchs_finite_loss_without_smoothing(weight):
+    # Masking a class with -inf is common; without label smoothing its log-probability is never
+    # used, and multiplying it by a smoothing of 0 would give 0 * inf = NaN.
+    logits = torch.tensor([[0.0, -float("inf"), 1.0], [2.0, 0.5, -float("inf")]], requires_grad=True)
+    targets = torch.tensor([0, 1])
+    ours = losses.cross_entropy(logits, targets, weight)
+    theirs = F.cross_entropy(logits, targets, weight)
+    assert torch.isfinite(ours)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_the_labels_from_1_hint_is_given_only_when_no_label_is_0():
+    with pytest.raises(IndexError) as raised:
+        losses.cross_entropy(SOME_LOGITS, torch.tensor([0, 1, 4]))
+    assert "class targets must be integers in [0, 3]" in str(raised.value)
+    assert "numbered from 1" not in str(raised.value)
+
+
+def test_the_squeeze_hint_is_given_only_for_a_trailing_dimension_of_one():
+    with pytest.raises(ValueError) as raised:
+        losses.mean_squared_error(torch.zeros(3, 1), torch.zeros(1, 3))
+    assert "squeeze" not in str(raised.value)
+
+
+def test_an_empty_batch_gives_torchs_result():
+    logits, targets = torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)
+    for reduction in ("sum", "none"):
+        torch.testing.assert_close(losses.cross_entropy(logits, targets, reduction=reduction),
+                                   F.cross_entropy(logits, targets, reduction=reduction))
+    assert losses.cross_entropy(logits, targets).isnan() and F.cross_entropy(logits, targets).isnan()
+
+
+def test_uint8_class_targets_are_accepted_as_torch_accepts_them():
+    torch.testing.assert_close(losses.cross_entropy(SOME_LOGITS, SOME_TARGETS.to(torch.uint8)), F.cross_entropy(SOME_LOGITS, SOME_TARGETS.to(torch.uint8)))
+
+
+def test_integer_class_weights_are_refused_as_not_floating_point():
+    with pytest.raises(TypeError, match="weight must be a floating-point tensor, got torch.int64"):
+        losses.cross_entropy(SOME_LOGITS, SOME_TARGETS, weight=torch.ones(4, dtype=torch.long))
+
+
+def test_log_softmax_refuses_integer_logits():
+    with pytest.raises(TypeError, match="logits must be a floating-point tensor, got torch.int64"):
+        losses.log_softmax(torch.tensor([[1, 2, 3]]))

@@ -467,3 +467,96 @@ def test_early_stopping_exercise():
         verdict = judge_answer("evaluation.early_stopping_epoch", answer)
         assert verdict.status == FAILED, answer.__name__
         assert phrase in verdict.message, (answer.__name__, verdict.message)
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+def test_boolean_labels_are_refused():
+    with pytest.raises(TypeError, match="y_pred must hold integer class indices, got dtype torch.bool"):
+        confusion_matrix([0, 1], torch.tensor([True, False]), 2)
+
+
+def test_an_empty_or_boolean_confusion_matrix_is_refused():
+    with pytest.raises(ValueError, match=r"square, \(K, K\) for K classes, got shape \(0, 0\)"):
+        precision(torch.zeros(0, 0))
+    with pytest.raises(TypeError, match="a confusion matrix holds counts, got dtype torch.bool"):
+        precision(torch.eye(2, dtype=torch.bool))
+
+
+def test_macro_average_of_no_classes_is_refused():
+    with pytest.raises(ValueError, match=r"one value per class, shape \(K,\), got shape \(0,\)"):
+        macro_average(torch.zeros(0))
+
+
+def test_classification_report_wants_one_name_per_class():
+    with pytest.raises(ValueError, match="2 class names for a 3x3 confusion matrix"):
+        classification_report(torch.tensor(CONFUSION), ["cat", "dog"])
+
+
+def test_collect_predictions_leaves_a_model_in_eval_mode_in_eval_mode():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    loader = DataLoader(TensorDataset(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])), batch_size=2)
+    collect_predictions(model, loader, "cpu")
+    assert not model.training and not any(m.training for m in model.modules())
+
+
+def test_collect_predictions_gives_float32_logits_whatever_the_models_dtype():
+    model = nn.Linear(4, 3, dtype=torch.float64)
+    loader = DataLoader(TensorDataset(torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])),
+                        batch_size=2)
+    assert collect_predictions(model, loader, "cpu").logits.dtype == torch.float32
+
+
+def test_plot_confusion_matrix_shades_each_cell_by_its_share_of_its_row():
+    figure = plot_confusion_matrix(torch.tensor(CONFUSION), ["cat", "dog", "frog"])
+    ax = figure.axes[0]
+    shown = torch.as_tensor(ax.images[0].get_array().data, dtype=torch.float64)
+    confusion = torch.tensor(CONFUSION, dtype=torch.float64)
+    torch.testing.assert_close(shown, confusion / confusion.sum(dim=1, keepdim=True))
+    assert ax.images[0].get_clim() == (0, 1)
+    # White text on the dark cells only: shares above one half (3/4 of "frog" predicted as frog).
+    white = [t.get_text() for t in ax.texts if t.get_color() == "white"]
+    assert white == ["3"]
+    matplotlib.pyplot.close("all")
+
+
+def _dataset():
+    images = torch.zeros(6, 3, 32, 32)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    return TensorDataset(images, labels), labels
+
+
+def test_plot_misclassified_refuses_a_count_below_one():
+    dataset, labels = _dataset()
+    with pytest.raises(ValueError, match="count must be at least 1, got 0"):
+        plot_misclassified(dataset, labels, (labels + 1) % 3, ["cat", "dog", "frog"], count=0)
+    matplotlib.pyplot.close("all")
+
+
+def test_plot_misclassified_refuses_a_label_without_a_class_name():
+    dataset, labels = _dataset()
+    predicted = labels.clone()
+    predicted[0] = 3
+    with pytest.raises(ValueError, match=r"y_pred holds the label 3, outside 0\.\.2"):
+        plot_misclassified(dataset, labels, predicted, ["cat", "dog", "frog"])
+    matplotlib.pyplot.close("all")
+
+
+def test_accuracy_is_computed_in_double_precision():
+    from helpers.metrics import accuracy
+
+    assert accuracy([0, 0, 1], [0, 1, 1]) == 2 / 3
+    assert accuracy(list(range(10)), [0] * 10) == 0.1
+
+
+def test_classification_report_puts_macro_precision_and_recall_in_their_columns():
+    # Macro precision (1 + 2/3) / 2 = 0.833 differs from macro recall (1/2 + 1) / 2 = 0.75.
+    lines = classification_report(torch.tensor([[1, 1], [0, 2]]), ["cat", "dog"]).splitlines()
+    assert lines[-1].split() == ["macro", "average", "0.833", "0.750", "0.733", "4"]
+
+
+def test_labels_of_a_small_integer_type_do_not_overflow():
+    labels = torch.tensor([19, 0, 19], dtype=torch.uint8)  # 19 * 20 + 19 does not fit in a uint8
+    confusion = confusion_matrix(labels, labels, num_classes=20)
+    assert confusion[19, 19] == 2 and confusion[0, 0] == 1 and confusion.sum() == 3

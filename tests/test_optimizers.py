@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from helpers import optimizers
 from helpers.exercises import FAILED, PASSED, judge_answer
-from helpers.optimizers import (QUADRATIC, ROSENBROCK, SGD, Adam, AdamW, RMSprop, draw_paths,
-                                ill_conditioned_quadratic, optimizer_path, rosenbrock)
+from helpers.optimizers import (PATH_SETTINGS, QUADRATIC, ROSENBROCK, SGD, Adam, AdamW, RMSprop,
+                                compare_on_surface, draw_paths, ill_conditioned_quadratic,
+                                optimizer_path, rosenbrock)
 
 # Derandomized: the suite must not fail one day in ten on an example it never met before.
 property_test = settings(max_examples=15, deadline=None, derandomize=True)
@@ -498,3 +499,88 @@ def test_learning_rate_exercise_says_why_a_rate_fails(answer, expected):
 def test_the_module_names_its_chapter():
     assert 'Introduced in the chapter "Optimizers: from gradient descent to AdamW" (book/optimizers.ipynb)' \
         in optimizers.__doc__
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+def _steps(optimizer, w, target, n=5, set_to_none=True):
+    for _ in range(n):
+        optimizer.zero_grad(set_to_none=set_to_none)
+        ((w - target) ** 2).sum().backward()
+        optimizer.step()
+    return w.detach().clone()
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_sgd_momentum_buffer_is_not_the_gradient_tensor(set_to_none):
+    # zero_grad(set_to_none=False) zeroes .grad in place; the momentum buffer must not go with it.
+    target = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    ours_w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    theirs_w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    ours = _steps(SGD([ours_w], lr=0.1, momentum=0.9), ours_w, target, set_to_none=set_to_none)
+    theirs = _steps(torch.optim.SGD([theirs_w], lr=0.1, momentum=0.9), theirs_w, target, set_to_none=set_to_none)
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("make", [RMSprop, Adam])
+def test_the_step_count_is_kept_as_in_torch(make):
+    w = torch.zeros(2, requires_grad=True)
+    optimizer = make([w])
+    _steps(optimizer, w, torch.ones(2), n=3)
+    assert optimizer.state[w]["step"] == 3
+
+
+def test_a_path_stops_at_the_first_point_far_off_the_drawing():
+    path = optimizer_path(QUADRATIC, lambda p: SGD(p, lr=0.2), steps=200)  # y is multiplied by -3 each step
+    assert path[-2].abs().max() <= 1e6 < path[-1].abs().max()
+
+
+def test_a_path_stops_at_the_first_nan():
+    class WritesNan:
+        def __init__(self, params):
+            self.xy = params[0]
+
+        def zero_grad(self):
+            pass
+
+        def step(self):
+            with torch.no_grad():
+                self.xy.fill_(float("nan"))
+
+    assert len(optimizer_path(QUADRATIC, WritesNan, steps=10)) == 2
+
+
+def test_compare_on_surface_draws_each_optimizer_with_its_own_settings():
+    settings = PATH_SETTINGS["quadratic"]
+    fig, ax = plt.subplots()
+    compare_on_surface(**settings, ax=ax)
+    lines = {line.get_label().split(" (")[0]: line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    lr, adaptive, mu = settings["lr"], settings["adaptive_lr"], settings["momentum"]
+    expected = {
+        "gradient descent": lambda p: SGD(p, lr=lr),
+        f"momentum {mu:g}": lambda p: SGD(p, lr=lr, momentum=mu),
+        f"Nesterov {mu:g}": lambda p: SGD(p, lr=lr, momentum=mu, nesterov=True),
+        "RMSprop": lambda p: RMSprop(p, lr=adaptive),
+        "Adam 0.9, 0.999": lambda p: Adam(p, lr=adaptive, betas=(0.9, 0.999)),
+    }
+    assert sorted(lines) == sorted(expected)
+    for label, make in expected.items():
+        path = optimizer_path(QUADRATIC, make, settings["steps"])
+        assert lines[label].get_xdata().tolist() == path[:, 0].tolist(), label
+        assert lines[label].get_ydata().tolist() == path[:, 1].tolist(), label
+    plt.close(fig)
+
+
+def test_rmsprop_refuses_a_negative_momentum_as_torch_does():
+    w = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(ValueError, match="RMSprop: momentum=-0.5 is invalid: it must be >= 0"):
+        RMSprop(w, momentum=-0.5)
+    with pytest.raises(ValueError):
+        torch.optim.RMSprop(w, momentum=-0.5)
+
+
+def test_the_surfaces_start_where_the_chapter_says():
+    from helpers.optimizers import ROSENBROCK
+
+    assert QUADRATIC.start == (-4.0, 1.0) and ROSENBROCK.start == (-1.2, 1.0)  # Rosenbrock's classic start

@@ -1,3 +1,4 @@
+import os
 import random
 
 import numpy as np
@@ -101,3 +102,64 @@ def test_show_source_fences_dedented_code():
     shown = show_source(Value.__mul__, seed_everything).data
     assert shown.startswith("```python\ndef __mul__(self, other)") and shown.endswith("\n```")
     assert "\n\ndef seed_everything(" in shown
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+@pytest.mark.parametrize("value, expected", [(" 1 ", True), ("false", False), ("True", True)])
+def test_quick_mode_reads_the_spellings_it_promises(monkeypatch, value, expected):
+    monkeypatch.setenv(runtime.QUICK_ENV, value)
+    assert runtime.quick_mode() is expected
+
+
+def test_pick_device_prefers_a_gpu_and_names_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert runtime.pick_device() == torch.device("cuda")
+    assert runtime.device_name("cuda") == "cuda (NVIDIA H200)"
+    monkeypatch.setattr(runtime, "_data_sources", [])
+    assert runtime.run_facts()["device"] == "cuda (NVIDIA H200)"
+
+
+def test_deterministic_mode_sets_cudnn_and_cublas_and_is_undone(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        runtime.seed_everything(0, deterministic=True)
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        runtime.seed_everything(0)
+        assert not torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_synchronize_waits_for_the_gpu_it_is_given(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("cuda", device)))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append(("mps", None)))
+    runtime.synchronize("cuda")
+    runtime.synchronize("mps")
+    runtime.synchronize("cpu")
+    runtime.synchronize(None)
+    assert calls == [("cuda", torch.device("cuda")), ("mps", None)]
+
+
+def test_the_timer_waits_for_the_gpu_before_reading_the_clock_both_times(monkeypatch):
+    events = []
+    monkeypatch.setattr(runtime, "synchronize", lambda device: events.append("sync"))
+    real = runtime.time.perf_counter
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: events.append("clock") or real())
+    with runtime.Timer("cuda"):
+        events.append("work")
+    assert events == ["sync", "clock", "work", "sync", "clock"]
+
+
+def test_run_facts_say_whether_the_run_was_quick(monkeypatch):
+    monkeypatch.setenv(runtime.QUICK_ENV, "1")
+    assert runtime.run_facts()["quick_mode"] is True
+    monkeypatch.setenv(runtime.QUICK_ENV, "0")
+    assert runtime.run_facts()["quick_mode"] is False

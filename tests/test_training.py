@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from helpers import training
 from helpers.data import StandInCIFAR10, WithTransform, make_loader, normalising_transform
@@ -758,3 +758,259 @@ def test_conv_output_size_exercise_catches_a_forgotten_padding_or_dilation():
                            (size + 2 * padding - kernel_size) // stride + 1)  # the chapter's output_side
     assert verdict.message.startswith("on size 32, kernel 3, dilation 2, the answer raised TypeError"), verdict.message
     assert "unexpected keyword argument 'dilation'" in verdict.message
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+def test_to_device_moves_every_tensor_in_nested_containers():
+    meta = torch.device("meta")  # a device other than the CPU, on every machine
+    moved = to_device({"x": (torch.ones(1), [torch.zeros(1)]), "y": torch.ones(2), "name": "kept"}, meta)
+    assert moved["y"].device == meta and moved["x"][0].device == meta and moved["x"][1][0].device == meta
+    assert moved["name"] == "kept"
+
+
+class _WithWeights(Dataset):
+    """Targets that are a pair (class, weight), as a weighted loss wants them."""
+
+    def __init__(self, n):
+        self.x, self.y, self.w = torch.randn(n, 3), torch.randint(0, 2, (n,)), torch.rand(n)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], (self.y[i], self.w[i])
+
+
+def test_train_one_epoch_counts_the_samples_of_targets_that_are_a_tuple():
+    model = nn.Linear(3, 2)
+    loader = DataLoader(_WithWeights(10), batch_size=4)  # batches of 4, 4 and 2; targets [y, w]
+    weighted = lambda outputs, targets: (nn.functional.cross_entropy(outputs, targets[0], reduction="none")
+                                         * targets[1]).mean()
+    result = train_one_epoch(model, loader, weighted, torch.optim.SGD(model.parameters(), lr=0.1), CPU,
+                             progress=False, correct_fn=None)
+    assert result["samples"] == 10
+
+
+def test_train_one_epoch_is_the_plain_loop_and_weighs_each_batch_by_its_size():
+    # The reference loop, written out: zero the gradients, forward, backward, step, per batch.
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4)
+    reference = copy.deepcopy(model)
+    loader = DataLoader(TensorDataset(torch.randn(10, 3), torch.randint(0, 4, (10,))), batch_size=4)  # 4, 4, 2
+    result = train_one_epoch(model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.5),
+                             CPU, progress=False)
+    optimizer, total, correct = torch.optim.SGD(reference.parameters(), lr=0.5), 0.0, 0
+    for x, y in loader:
+        optimizer.zero_grad()
+        outputs = reference(x)
+        loss = nn.functional.cross_entropy(outputs, y)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(y)
+        correct += (outputs.argmax(1) == y).sum().item()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
+    assert math.isclose(result["loss"], total / 10, rel_tol=1e-6)  # per sample, not per batch
+    assert result["accuracy"] == correct / 10
+
+
+def test_an_empty_loader_is_refused_with_a_clear_error():
+    model = nn.Linear(2, 2)
+    empty = DataLoader(TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)), batch_size=4)
+    with pytest.raises(ValueError, match="the loader gave no batches"):
+        evaluate(model, empty, nn.CrossEntropyLoss(), CPU)
+    with pytest.raises(ValueError, match="the loader gave no batches"):
+        train_one_epoch(model, empty, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), CPU,
+                        progress=False)
+
+
+def test_evaluate_reports_a_nan_loss_instead_of_raising():
+    model = nn.Linear(2, 2)
+    loader = DataLoader(TensorDataset(torch.tensor([[1.0, float("nan")]] * 4), torch.zeros(4, dtype=torch.long)),
+                        batch_size=2)
+    assert math.isnan(evaluate(model, loader, nn.CrossEntropyLoss(), CPU)["loss"])
+
+
+def test_without_a_correct_fn_the_accuracy_is_nan_everywhere(standin):
+    train, validation = standin
+    model = SmallCNN()
+    loader = DataLoader(validation, batch_size=32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    assert math.isnan(train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, CPU, progress=False,
+                                      correct_fn=None)["accuracy"])
+    assert math.isnan(evaluate(model, loader, nn.CrossEntropyLoss(), CPU, correct_fn=None)["accuracy"])
+    history = fit(model, loader, loader, nn.CrossEntropyLoss(), optimizer, CPU, 1, verbose=False, correct_fn=None)
+    assert math.isnan(history["train_accuracy"][0]) and math.isnan(history["val_accuracy"][0])
+    assert history["seconds"][0] > 0  # each epoch's wall time is recorded
+
+
+def test_headless_execution_draws_no_bar_even_where_a_terminal_could_show_one(monkeypatch):
+    monkeypatch.setattr(training.sys.stderr, "isatty", lambda: True)  # as in a terminal
+    monkeypatch.setenv(training.EXECUTING_ENV, "1")
+    assert training.ProgressBar(3, "x").live is False
+    monkeypatch.delenv(training.EXECUTING_ENV)
+    bar = training.ProgressBar(3, "x")
+    assert bar.visible and bar.live
+    bar.clear()
+
+
+def test_a_live_bar_shows_the_latest_loss_and_the_finished_bar_does_not(capsys):
+    bar = training.ProgressBar(2, "x", live=True)  # a tqdm bar on stderr here
+    bar.redraw_seconds = 0  # redraw at every batch
+    bar.update(torch.tensor(1.5))
+    bar.update(torch.tensor(1.25))
+    assert "loss=1.250" in bar.text()
+    bar.finish()
+    out = capsys.readouterr().out
+    assert out.startswith("x: 100%|") and "loss" not in out
+
+
+def test_a_checkpoint_is_on_the_disk_before_it_replaces_the_previous_one(saved, monkeypatch):
+    path, model, optimizer = saved
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda src, dst: events.append(("replace", src == path or str(src) == str(path)))
+                        or real_replace(src, dst))
+    save_checkpoint(path, model, optimizer, epoch=5)
+    assert events == ["fsync", ("replace", False)]  # a temporary file, synced, then renamed over the old one
+    assert load_checkpoint(path, restore_rng=False)["epoch"] == 5
+
+
+def test_a_compiled_models_checkpoint_loads_into_the_plain_model_and_back(tmp_path):
+    model = SmallCNN()
+    compiled = torch.compile(model)  # compiles at its first call only: nothing runs here
+    save_checkpoint(tmp_path / "c.pt", compiled, torch.optim.Adam(compiled.parameters()), 1)
+    plain = SmallCNN()
+    load_checkpoint(tmp_path / "c.pt", plain, restore_rng=False)  # no "_orig_mod." in the names
+    for name, value in model.state_dict().items():
+        assert torch.equal(plain.state_dict()[name], value)
+    other = torch.compile(SmallCNN())
+    load_checkpoint(tmp_path / "c.pt", other, restore_rng=False)
+    assert torch.equal(other._orig_mod.fc3.weight, model.fc3.weight)
+
+
+def test_a_checkpoint_from_a_newer_version_is_refused(saved):
+    path = saved[0]
+    state = torch.load(path, weights_only=True)
+    state["version"] = training.CHECKPOINT_VERSION + 1
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"has checkpoint version 2, newer than this code understands \(1\): "
+                                              r"update the helpers package"):
+        load_checkpoint(path, SmallCNN(), restore_rng=False)
+
+
+def test_an_adam_run_with_a_one_cycle_schedule_resumes(standin, tmp_path):
+    # OneCycleLR cycles Adam's betas (its momentum): the saved betas differ from a new optimizer's.
+    def adam(parameters):
+        return torch.optim.Adam(parameters, lr=1e-3)
+
+    model, *_ = _fit_slice(standin, 3, None, adam, _one_cycle(0.01))
+    checkpoint = tmp_path / "adam.pt"
+    _fit_slice(standin, 1, checkpoint, adam, _one_cycle(0.01))
+    resumed, *_ = _fit_slice(standin, 3, checkpoint, adam, _one_cycle(0.01), seed=5, resume=True)
+    for name, value in model.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
+def test_a_scheduled_run_with_other_settings_is_not_told_to_use_new_settings(standin, tmp_path):
+    checkpoint = tmp_path / "cycle.pt"
+    _fit_slice(standin, 1, checkpoint, lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), _one_cycle(0.1))
+    with pytest.raises(CheckpointError) as error:
+        _fit_slice(standin, 3, checkpoint, lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), _one_cycle(0.2),
+                   resume=True)
+    assert str(error.value).endswith("to resume that run, create the optimizer with the same settings; or start a "
+                                     "new run (in fit: overwrite=True, or another checkpoint_path)")
+    assert "new_settings=True" not in str(error.value)  # it would be refused with a scheduler
+
+
+def test_a_failed_load_puts_the_scheduler_back_too(tmp_path, monkeypatch):
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    save_checkpoint(tmp_path / "s.pt", model, optimizer, 2, scheduler=scheduler)
+    other = SmallCNN()
+    other_optimizer = torch.optim.SGD(other.parameters(), lr=0.1)
+    other_scheduler = torch.optim.lr_scheduler.StepLR(other_optimizer, step_size=1, gamma=0.5)
+    before = copy.deepcopy(other_scheduler.state_dict())
+
+    set_rng_state, failed = training.set_rng_state, []
+
+    def fails(state):  # the first call (the checkpoint's state) fails; the undo's goes through
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("this machine cannot take that random state")
+        set_rng_state(state)
+
+    monkeypatch.setattr(training, "set_rng_state", fails)
+    with pytest.raises(CheckpointError, match="does not fit the random generators, so nothing was restored"):
+        load_checkpoint(tmp_path / "s.pt", other, other_optimizer, scheduler=other_scheduler)
+    assert other_scheduler.state_dict() == before and other_optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_a_loader_generator_given_for_a_checkpoint_that_has_none_is_left_alone(saved):
+    path = saved[0]  # saved without a loader generator
+    generator = torch.Generator().manual_seed(7)
+    state = generator.get_state()
+    load_checkpoint(path, SmallCNN(), loader_generator=generator, restore_rng=False)
+    assert torch.equal(generator.get_state(), state)
+
+
+def test_load_checkpoint_without_restore_rng_leaves_the_random_generators_alone(saved):
+    path, model = saved[0], SmallCNN()
+    torch.rand(5)  # move on from the state the checkpoint holds
+    before = torch.get_rng_state()
+    load_checkpoint(path, model, restore_rng=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    load_checkpoint(path, model)  # restore_rng=True: the checkpoint's state
+    assert not torch.equal(torch.get_rng_state(), before)
+
+
+def test_plot_history_leaves_out_a_validation_curve_that_was_never_measured():
+    import matplotlib.pyplot as plt
+
+    nan = math.nan
+    history = {"epoch": [1, 2], "train_loss": [2.0, 1.5], "train_accuracy": [0.3, 0.5],
+               "val_loss": [nan, nan], "val_accuracy": [nan, nan], "seconds": [1.0, 1.0]}
+    figure = plot_history(history)
+    assert [len(ax.lines) for ax in figure.axes] == [1, 1]
+    plt.close(figure)
+
+
+def test_fit_records_the_losses_and_accuracies_that_evaluate_gives(standin):
+    from helpers.runtime import seed_everything
+
+    train, validation = standin
+    seed_everything(0)
+    model = SmallCNN()
+    val_loader = DataLoader(validation, batch_size=64)
+    history = fit(model, DataLoader(train, batch_size=64), val_loader, nn.CrossEntropyLoss(),
+                  torch.optim.Adam(model.parameters()), CPU, 1, verbose=False)
+    result = evaluate(model, val_loader, nn.CrossEntropyLoss(), CPU)
+    assert history["val_loss"] == [result["loss"]] and history["val_accuracy"] == [result["accuracy"]]
+
+
+def test_a_nan_loss_in_the_first_epoch_says_whether_the_weights_are_spoilt_and_to_start_over(standin, tmp_path):
+    def nan_value_finite_gradient(outputs, targets):  # NaN in the value only: the steps stay finite
+        return nn.functional.cross_entropy(outputs, targets) + torch.tensor(math.nan)
+
+    model = SmallCNN()
+    with pytest.raises(FloatingPointError) as error:
+        fit(model, DataLoader(standin[1], batch_size=32), None, nan_value_finite_gradient,
+            torch.optim.SGD(model.parameters(), lr=0.01), CPU, 2, checkpoint_path=tmp_path / "first.pt",
+            verbose=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert str(error.value).endswith("The model in memory has taken steps on that loss: create it again and start "
+                                     "over with a lower learning rate")  # no checkpoint "after epoch 0"
+
+
+def test_finishing_a_terminal_bar_closes_it():
+    bar = training.ProgressBar(2, "x", live=True)  # a tqdm bar on stderr here
+    bar.update()
+    bar.update()
+    bar.finish()
+    assert bar._tqdm.disable  # closed: tqdm has wiped its line (leave=False)
