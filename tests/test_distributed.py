@@ -6,6 +6,7 @@ bitwise: the sums of per-example gradients run in a different order), and that t
 meaningful (a different effective batch misses it by far).
 """
 
+import dataclasses
 import re
 import socket
 import subprocess
@@ -325,3 +326,123 @@ def test_accumulation_exercise_names_each_usual_mistake():
         verdict = judge_answer("distributed.accumulated_gradients",
                                lambda *a, m=mistake: _accumulate(*a, **m))
         assert verdict.status == FAILED and message in verdict.message, verdict.message
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+def test_a_rank_other_than_0_neither_prints_nor_writes(group_of_one, tmp_path, capsys):
+    # This process plays rank 8 of 16: the first process of a second machine (local rank 0), which trains on its
+    # shard but leaves the printing and the files to global rank 0.
+    rank_8 = dataclasses.replace(group_of_one, rank=8, world_size=16)
+    assert not rank_8.is_main
+    train(TrainConfig(epochs=1, batch_size=16, num_images=256, checkpoint=str(tmp_path / "checkpoint.pt"),
+                      save_weights=str(tmp_path / "weights.pt"), device="cpu"), rank_8)
+    assert capsys.readouterr().out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_all_mean_sums_over_the_ranks_then_divides_by_all_their_samples(group_of_one, monkeypatch):
+    # Another rank with 24 samples of mean 0.75, added to what this rank (8 samples of mean 0.25) contributes.
+    real_all_reduce = dist.all_reduce
+
+    def with_another_rank(tensor, *args, **kwargs):
+        real_all_reduce(tensor, *args, **kwargs)
+        tensor += torch.tensor([0.75 * 24, 24.0], dtype=tensor.dtype)
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", with_another_rank)
+    assert distributed.all_mean(0.25, 8, group_of_one) == pytest.approx((0.25 * 8 + 0.75 * 24) / 32)
+
+
+def test_shard_loader_follows_the_global_rank_and_the_seed_and_cuts_uneven_data():
+    # 43 examples on 2 ranks in batches of 4: 21 each (one example cut, none repeated), 5 full batches. Each rank is
+    # alone on its machine (local rank 0): its global rank picks its shard.
+    for rank in range(2):
+        loader = shard_loader(torch.utils.data.TensorDataset(torch.arange(43)), 4,
+                              DistributedContext(rank, 0, 2, torch.device("cpu"), "gloo"), seed=1)
+        expected = list(DistributedSampler(range(43), num_replicas=2, rank=rank, shuffle=True, seed=1,
+                                           drop_last=True))
+        assert len(loader.sampler) == len(expected) == 21 and len(loader) == 5
+        assert torch.cat([batch[0] for batch in loader]).tolist() == expected[:20]
+
+
+def test_train_uses_the_configured_learning_rate_and_momentum(group_of_one, tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    train(TrainConfig(epochs=1, batch_size=32, num_images=64, lr=0.01, momentum=0.5, checkpoint=str(checkpoint),
+                      device="cpu"), group_of_one)
+    group = load_checkpoint(checkpoint, restore_rng=False)["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["momentum"]) == (0.01, 0.5)
+
+
+def test_every_option_reaches_the_config_and_epochs_must_be_at_least_1():
+    with pytest.raises(SystemExit):
+        parse_args(["--epochs", "0"])
+    _, config = parse_args(["--lr", "0.1", "--seed", "3", "--device", "cpu", "--epochs", "1"])
+    assert (config.lr, config.seed, config.device, config.epochs) == (0.1, 3, "cpu", 1)
+
+
+def test_the_remedies_for_too_few_images_fit_the_case():
+    with pytest.raises(OptionError, match=re.escape("give each 1 per epoch, less than one batch of 2 (a smaller last "
+                                                    "batch is dropped): use --batch-size 1 or less, or")):
+        check_batches(2, 2, 2)
+    with pytest.raises(OptionError, match=re.escape("use --batch-size 10 or less, or at least 32 training images "
+                                                    "(--num-images)") + "$"):  # one process: not "fewer processes"
+        check_batches(10, 32, 1)
+
+
+def test_every_rank_waits_at_a_barrier_after_each_checkpoint(group_of_one, tmp_path, monkeypatch):
+    events = []
+    monkeypatch.setattr(distributed, "save_checkpoint", lambda *args: events.append("save"))
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: events.append("barrier"))
+    train(TrainConfig(epochs=2, batch_size=32, num_images=64, checkpoint=str(tmp_path / "checkpoint.pt"),
+                      device="cpu"), group_of_one)
+    assert events == ["save", "barrier", "save", "barrier"]
+
+
+def test_a_local_rank_without_its_gpu_is_refused(monkeypatch):
+    for name, value in {"RANK": "2", "LOCAL_RANK": "2", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, "choose_backend", lambda device: ("nccl", None))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *args, **kwargs: pytest.fail("joined a group"))
+    with pytest.raises(RuntimeError, match="local rank 2 needs GPU 2, but this machine has 2: start at most that many"):
+        init_distributed("cuda")
+
+
+def test_main_runs_the_command_asked_for_and_always_leaves_the_group(monkeypatch, capsys):
+    events = []
+    monkeypatch.setattr(distributed, "init_distributed",
+                        lambda device: DistributedContext(0, 0, 1, torch.device("cpu"), "gloo"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: events.append("left"))
+    monkeypatch.setattr(distributed, "demo", lambda config, context: events.append("demo"))
+    monkeypatch.setattr(distributed, "train", lambda config, context: events.append("train"))
+    assert distributed.main(["demo"]) == 0 and distributed.main([]) == 0
+    assert events == ["demo", "left", "train", "left"]
+
+    def refused(config, context):
+        raise OptionError("the reason")
+
+    monkeypatch.setattr(distributed, "train", refused)
+    assert distributed.main([]) == 2 and events[-1] == "left"
+    assert capsys.readouterr().err == "helpers.distributed: error: the reason\n"
+
+
+def test_init_distributed_joins_with_the_global_rank_from_torchrun(monkeypatch):
+    # Process 1 of the second machine, 8 processes per machine: global rank 9, local rank 1.
+    for name, value in {"RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "16", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
+    joined = {}
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, **kwargs: joined.update(kwargs, backend=backend))
+    context = init_distributed("cpu")
+    assert joined == {"backend": "gloo", "rank": 9, "world_size": 16, "device_id": None}
+    assert (context.rank, context.local_rank, context.world_size, context.is_main) == (9, 1, 16, False)
+
+
+def test_the_stand_in_data_follows_the_seed():
+    rank_0 = DistributedContext(0, 0, 1, torch.device("cpu"), "gloo")
+    first, again, other = (distributed.training_data(TrainConfig(seed=seed, num_images=8), rank_0)[0].tensors[0]
+                           for seed in (0, 0, 1))
+    assert torch.equal(first, again) and not torch.equal(first, other)
