@@ -15,7 +15,7 @@ import yaml
 
 import helpers
 from helpers.classroom import checked_exercises
-from helpers.colab import first_cell_source, first_code_cell, install_target, main, write_first_cell
+from helpers.colab import INTRO, first_cell_source, first_code_cell, install_target, main, write_first_cell
 from helpers.notebooks import book_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,3 +173,32 @@ def test_every_helpers_module_imports_in_colab(colab):
     assert result.returncode == 0, (
         f"a helpers module imports a package that is not among {COLAB_PACKAGES}: a package "
         "only maintainers need is imported inside the function that uses it\n" + result.stderr[-2000:])
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+def test_the_url_loses_a_trailing_slash_and_a_missing_config_is_a_clear_error(tmp_path):
+    (tmp_path / "_config.yml").write_text("repository:\n  url: https://example.org/course/\n")
+    assert install_target(tmp_path).startswith("git+https://example.org/course@v")
+    with pytest.raises(FileNotFoundError, match="run this from the course's root folder"):
+        first_cell_source(tmp_path / "elsewhere")
+
+
+def test_a_rewritten_cell_loses_the_outputs_of_the_old_one():
+    old = nbformat.v4.new_code_cell('import sys\nif "google.colab" in sys.modules:\n    %pip install old')
+    old.execution_count, old.outputs = 1, [nbformat.v4.new_output("stream", name="stdout", text="old\n")]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A chapter"), old])
+    assert write_first_cell(nb, "the new cell")
+    assert nb.cells[1].source == "the new cell"
+    assert nb.cells[1].outputs == [] and nb.cells[1].execution_count is None
+
+
+def test_a_notebook_without_code_gets_the_cell_after_its_title():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A chapter"),
+                                         nbformat.v4.new_markdown_cell("Only text.")])
+    assert write_first_cell(nb, "the cell")
+    assert [c.source for c in nb.cells] == ["# A chapter", INTRO, "the cell", "Only text."]
+    empty = nbformat.v4.new_notebook()
+    assert write_first_cell(empty, "the cell")
+    assert [c.source for c in empty.cells] == [INTRO, "the cell"]

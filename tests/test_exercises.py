@@ -621,3 +621,244 @@ def test_the_mean_loss_check_leaves_the_learners_random_state_alone():
     torch.manual_seed(123)
     _training_mean_loss_setup()
     assert torch.equal(torch.rand(3), expected)
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+@pytest.mark.parametrize("got, expected, message", [
+    (1.0, 1.0005, "expected 1.0005, got 1"),
+    (True, 1.0, "expected a number, got bool"),
+    ([1.0], [1.0, 2.0], "expected a list of 2 items"),
+    ((1, 2, 3), (1, 2), "expected a tuple of 2 items"),
+    (1, True, "expected True, got 1"),
+])
+def test_compare_is_strict_about_tolerance_bools_and_lengths(got, expected, message):
+    with pytest.raises(exercises._Mismatch) as err:
+        compare(got, expected)
+    assert message in str(err.value)
+
+
+def test_compare_accepts_an_equal_bool():
+    compare(True, True)
+    compare(False, False)
+
+
+def test_a_verdict_shows_small_tensors_in_short_numbers_and_large_ones_by_shape():
+    with pytest.raises(exercises._Mismatch) as err:
+        compare(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 3.123456789]))
+    assert "expected tensor([1.0, 3.12346]) of shape (2,), got tensor([1.0, 2.0]) of shape (2,)" in str(err.value)
+    with pytest.raises(exercises._Mismatch) as err:
+        compare(torch.zeros(8), torch.ones(8))
+    assert "tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]) of shape (8,)" in str(err.value)
+    with pytest.raises(exercises._Mismatch) as err:
+        compare(torch.zeros(9), torch.ones(9))
+    assert "a tensor of shape (9,) and dtype torch.float32" in str(err.value)
+    with pytest.raises(exercises._Mismatch) as err:
+        compare("x" * 100, "y")
+    assert f"got '{'x' * 76}..." in str(err.value) and "x" * 80 not in str(err.value)
+
+
+def test_a_not_implemented_error_from_a_pytorch_operation_in_cpp_is_a_crash_not_starter_code():
+    # Raised by PyTorch's C++ code, it shows as the learner's own line, which is not a `raise`.
+    def uses_an_operation_complex_numbers_lack(t):
+        return int(torch.zeros(2, dtype=torch.complex64).clamp(0, 1).real.sum())
+
+    verdict = judge_answer("dynamic_graph.count_leaves", uses_an_operation_complex_numbers_lack)
+    assert verdict.status == FAILED
+    assert "the answer raised NotImplementedError: clamp is not supported for complex types" in verdict.message
+
+
+def test_starter_code_whose_source_cannot_be_read_gets_the_benefit_of_the_doubt():
+    namespace = {}
+    exec(compile("def starter(t):\n    raise NotImplementedError\n", "<no source>", "exec"), namespace)
+    assert judge_answer("dynamic_graph.count_leaves", namespace["starter"]).status == NOT_DONE
+
+
+def test_pythons_frozen_modules_count_as_library_code():
+    assert exercises._in_course_or_library("<frozen importlib._bootstrap>")
+
+
+def test_a_short_message_of_several_lines_keeps_its_first_line_and_says_it_was_cut():
+    def raises_two_lines(t):
+        raise ValueError("first line\nsecond line")
+
+    verdict = judge_answer("dynamic_graph.count_nodes", raises_two_lines)
+    assert "the answer raised ValueError: first line ... (line" in verdict.message
+
+
+def test_an_answer_that_changes_its_tensor_inputs_in_place_is_still_told_its_mistake():
+    # Adam without bias correction, updating the averages in place as torch.optim does: the check
+    # passes it copies, so it names the slip (the first case gives the same zeros for both averages).
+    def adam_in_place(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                      weight_decay=0.0):
+        beta1, beta2 = betas
+        grad = grad + weight_decay * param
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        return param - lr * exp_avg / (exp_avg_sq.sqrt() + eps), exp_avg, exp_avg_sq
+
+    verdict = judge_answer("optimizers.adam_step", adam_in_place)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("on the first step (step=1, averages at zero), item 0:")
+    assert "The update matches Adam WITHOUT bias correction" in verdict.message
+
+
+def test_an_answer_that_empties_its_list_input_is_still_told_its_mistake():
+    def stopping_epoch_consuming_the_list(val_losses, patience):
+        best, waited, epoch = float("inf"), 0, 0
+        while val_losses:  # pops the learner's own argument: the check must have passed a copy
+            loss, epoch = val_losses.pop(0), epoch + 1
+            best, waited = (loss, 0) if loss < best else (best, waited + 1)
+            if waited == patience:
+                break
+        return epoch  # the epoch training stops at, not the one whose weights are kept
+
+    verdict = judge_answer("evaluation.early_stopping_epoch", stopping_epoch_consuming_the_list)
+    assert verdict.status == FAILED
+    assert "That is the epoch at which training stops" in verdict.message
+
+
+def test_hidden_cases_are_drawn_from_the_seed_asked_for():
+    seeds = []
+    hidden = exercises.HiddenCases(draw=lambda generator: seeds.append(generator.initial_seed()) or [],
+                                   expected=lambda: None, rule="anything")
+    assert exercises.hidden_failure(print, hidden) is None
+    assert exercises.hidden_failure(print, hidden, seed=123) is None
+    assert seeds == [exercises.HIDDEN_SEED, 123]
+
+
+def test_hidden_cases_are_compared_with_their_own_tolerance():
+    hidden = exercises.HiddenCases(draw=lambda generator: [Case((1.0,), "one")],
+                                   expected=lambda x: x, rule="anything", atol=0.1)
+    assert exercises.hidden_failure(lambda x: x + 0.01, hidden) is None
+    assert exercises.hidden_failure(lambda x: x + 0.5, hidden) is not None
+
+
+def test_a_mistake_finder_that_cannot_read_a_result_leaves_the_next_one_its_turn():
+    def cannot_read(got, want):
+        raise TypeError("not a tensor")
+
+    explain = exercises.first_matching([(cannot_read, "first"), (lambda got, want: True, "second")])
+    assert explain(1, 2) == "second"
+
+
+def test_a_passing_answer_is_told_on_how_many_inputs():
+    def count_nodes(t):
+        from helpers.graphs import backward_graph
+
+        return len(backward_graph(t)[0])
+
+    verdict = judge_answer("dynamic_graph.count_nodes", count_nodes)
+    assert verdict.status == PASSED
+    assert verdict.message == "passed on all 6 inputs"
+
+
+def test_a_result_of_the_wrong_shape_is_not_named_as_a_mistake_that_broadcasts_to_it():
+    def bce_summed_of_shape_1(z, y):
+        return torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="sum").reshape(1)
+
+    verdict = judge_answer("losses.bce_with_logits", bce_summed_of_shape_1)
+    assert verdict.status == FAILED and "expected shape (), got shape (1,)" in verdict.message
+    assert "That is the sum over the batch" not in verdict.message
+
+
+def test_a_mistaken_formula_that_cannot_take_the_cases_arguments_is_not_named():
+    # Wrong only with ignore_index given: the mistakes written for (z, y) alone cannot be
+    # computed on that case, and must not be named.
+    def wrong_with_an_ignore_index(z, y, ignore_index=-100):
+        loss = torch.nn.functional.cross_entropy(z, y, ignore_index=ignore_index)
+        return loss if ignore_index == -100 else 1.5 * loss
+
+    verdict = judge_answer("losses.cross_entropy", wrong_with_an_ignore_index)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("on targets [0, 2, 0, 1] and ignore_index=0, expected")
+    assert verdict.message.endswith(")")  # "(largest difference ...)", and no mistake named after it
+
+
+def test_a_bool_for_a_number_of_batches_is_told_to_return_an_int():
+    verdict = judge_answer("data.batches_per_epoch", lambda num_samples, batch_size, drop_last=False: True)
+    assert verdict.status == FAILED
+    assert verdict.message.endswith("Return the number of batches as an int")
+
+
+def test_a_mean_loss_off_by_half_a_percent_fails():
+    def mean_loss_slightly_off(model, loader, loss_fn):
+        model.eval()
+        with torch.no_grad():
+            total = sum(loss_fn(model(x), y).item() * len(y) for x, y in loader)
+        model.train()
+        return 1.005 * total / sum(len(y) for _, y in loader)
+
+    verdict = judge_answer("training.mean_loss", mean_loss_slightly_off)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("on a model with dropout and a loader of 10 samples in batches of 4, 4 and 2, "
+                                      "expected")
+
+
+def test_a_sigmoid_built_on_a_copy_of_v_is_told_its_parent_must_be_v():
+    import math
+
+    from helpers.engine import Value
+
+    def sigmoid_on_a_copy(v):
+        copy = Value(v.data)
+        out = Value(1 / (1 + math.exp(-copy.data)), (copy,), "sigmoid")
+
+        def backward(grad):
+            copy.grad += out.data * (1 - out.data) * grad
+        out._backward = backward
+        return out
+
+    verdict = judge_answer("autograd.sigmoid_op", sigmoid_on_a_copy)
+    assert verdict.status == FAILED and "whose only parent is v" in verdict.message
+
+
+def test_a_train_step_wrong_from_its_first_step_is_not_told_about_earlier_steps():
+    def steps_twice(model, optimizer, inputs, targets):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.step()
+        return loss.item()
+
+    verdict = judge_answer("autograd.train_step", steps_twice)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("after step 1 the parameters differ from one gradient-descent step")
+
+
+def test_the_scale_hint_is_given_only_when_the_gradient_was_not_scaled():
+    import math
+
+    from helpers.engine import Value
+
+    def sigmoid_scaling_twice(v):
+        s = 1 / (1 + math.exp(-v.data))
+        out = Value(s, (v,), "sigmoid")
+
+        def backward(grad):
+            v.grad += s * (1 - s) * grad * grad
+        out._backward = backward
+        return out
+
+    verdict = judge_answer("autograd.sigmoid_op", sigmoid_scaling_twice)
+    assert verdict.status == FAILED and verdict.message.startswith("on sigmoid(v) * 3, v.grad is")
+    assert "multiply the local derivative" not in verdict.message
+
+
+def test_an_unpadded_shard_is_told_its_length_without_the_repetition_advice():
+    def shard_without_padding(num_examples, world_size, rank, epoch, seed=0, drop_last=False):
+        generator = torch.Generator().manual_seed(seed + epoch)
+        return torch.randperm(num_examples, generator=generator).tolist()[rank::world_size]
+
+    verdict = judge_answer("distributed.shard_indices", shard_without_padding)
+    assert verdict.status == FAILED
+    assert verdict.message == ("on 10 examples, 3 ranks, rank 2, epoch 0 (10 is not a multiple of 3), "
+                               "expected 4 indices, got 3")
+
+
+def test_a_learning_rate_of_zero_is_told_it_must_be_positive():
+    verdict = judge_answer("optimizers.learning_rate", lambda a, b: 0.0)
+    assert verdict.status == FAILED
+    assert verdict.message == "for a=1.0, b=20.0, the answer gave lr=0: a learning rate must be positive"

@@ -241,3 +241,98 @@ def test_code_block_lines_skip_directives_and_follow_nested_fences():
     page = ("text\n```{glossary}\n" + "g" * 90 + "\n```\n````text\n```{exercise} x\n"
             "inside\n```\n````\n```bash\ncommand\n```\n")
     assert _code_block_lines(page) == ["```{exercise} x", "inside", "```", "command"]
+
+
+# Found by mutation testing: each test below fails on a small, plausible change to the code.
+
+
+def _executed(*sources, counts=None):
+    nb = nbformat.v4.new_notebook()
+    for i, source in enumerate(sources):
+        cell = nbformat.v4.new_code_cell(source)
+        cell.execution_count = (counts or list(range(1, len(sources) + 1)))[i]
+        nb.cells.append(cell)
+    return nb
+
+
+def test_cells_run_out_of_order_or_twice_are_caught():
+    order = "its cells were not executed once each, top to bottom"
+    assert order not in problems(_executed("a = 1", "b = 2"))
+    assert order in problems(_executed("a = 1", "b = 2", counts=[2, 1]))
+    assert order in problems(_executed("a = 1", "b = 2", counts=[1, 1]))
+
+
+def test_stored_widget_state_is_caught():
+    nb = _executed("a = 1")
+    assert not any("widget" in p for p in problems(nb))
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
+    assert "it stores widget state, which the book would load scripts for and not show" in problems(nb)
+
+
+def test_an_expected_error_in_a_tagged_cell_is_fine_and_an_empty_cell_needs_no_run():
+    nb = _executed("raise ValueError('shown on purpose')")
+    nb.cells[0].outputs = [nbformat.v4.new_output("error", ename="ValueError", evalue="x", traceback=[])]
+    nb.cells[0].metadata["tags"] = ["raises-exception"]
+    nb.cells.append(nbformat.v4.new_code_cell("  \n"))  # empty, never executed
+    assert not any("code cell" in p for p in problems(nb))
+
+
+def test_execute_runs_the_notebook_from_its_own_folder(tmp_path):
+    from helpers.notebooks import execute
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell("import os\nprint(os.getcwd())"))
+    folder = tmp_path / "chapter"
+    folder.mkdir()
+    path = folder / "cwd.ipynb"
+    nbformat.write(nb, path)
+    execute(path)
+    assert nbformat.read(path, as_version=4).cells[0].outputs[0].text.strip() == str(folder.resolve())
+
+
+def test_a_failed_run_is_kept_without_the_facts_cell_and_the_executing_flag_is_restored(tmp_path, monkeypatch):
+    from helpers.notebooks import execute
+
+    monkeypatch.setenv("COURSE_EXECUTING", "set by the caller")
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell("raise ValueError('no data here')"))
+    path, out = tmp_path / "broken.ipynb", tmp_path / "out"
+    nbformat.write(nb, path)
+    with pytest.raises(RuntimeError, match="broken.ipynb failed to run"):
+        execute(path, out=out)
+    assert os.environ["COURSE_EXECUTING"] == "set by the caller"
+    rejected = nbformat.read(out / "rejected" / "broken.ipynb", as_version=4)
+    assert [c.source for c in rejected.cells] == ["raise ValueError('no data here')"]
+
+
+def test_execute_keeps_only_the_metadata_a_reader_needs(tmp_path):
+    from helpers.notebooks import execute
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell("print(6 * 7)"))
+    nb.metadata["kernelspec"] = {"name": "some-authoring-kernel", "display_name": "X", "language": "python"}
+    nb.metadata["jupytext"] = {"formats": "ipynb,py:percent"}
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
+    path = tmp_path / "meta.ipynb"
+    nbformat.write(nb, path)
+    execute(path)
+    executed = nbformat.read(path, as_version=4)
+    assert executed.metadata["kernelspec"] == {"name": "python3", "display_name": "Python 3", "language": "python"}
+    assert "jupytext" not in executed.metadata and "widgets" not in executed.metadata
+    assert [c.source for c in executed.cells] == ["print(6 * 7)"]  # the facts cell was removed
+    assert executed.metadata["course"]["code_sha256"] == code_hash(executed)
+
+
+def test_a_missing_notebook_is_refused_before_any_runs_and_out_is_created(tmp_path, capsys):
+    from helpers.notebooks import main
+
+    good, out = tmp_path / "good.ipynb", tmp_path / "out"
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell("print(6 * 7)"))
+    nbformat.write(nb, good)
+    with pytest.raises(SystemExit) as stopped:
+        main(["execute", "--out", str(out), str(good), str(tmp_path / "missing.ipynb")])
+    assert stopped.value.code == 2 and "missing.ipynb does not exist" in capsys.readouterr().err
+    assert not (out / "good.ipynb").exists()
+    assert main(["execute", "--out", str(out), str(good)]) == 0  # the folder --out names is made
+    assert nbformat.read(out / "good.ipynb", as_version=4).cells[0].outputs[0].text == "42\n"
