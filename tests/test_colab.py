@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -202,3 +203,37 @@ def test_a_notebook_without_code_gets_the_cell_after_its_title():
     empty = nbformat.v4.new_notebook()
     assert write_first_cell(empty, "the cell")
     assert [c.source for c in empty.cells] == [INTRO, "the cell"]
+
+
+# Colab installs the helpers without their dependencies, so its torch is whatever Colab has: the
+# helpers say so on import when it is older than the course needs.
+@pytest.mark.parametrize("version, too_old", [
+    ("2.7.1+cu126", True), ("2.5.1", True), ("1.13.1", True),
+    ("2.8.0+cu128", False), ("2.10.0", False), ("2.14.1", False), ("3.0.0", False),
+    ("2.9.0a0+git1234567", False), ("a local build", False)])
+def test_a_torch_older_than_the_course_needs_is_told_apart(version, too_old):
+    assert helpers.MINIMUM_TORCH == (2, 8)
+    assert helpers.torch_is_too_old(version) is too_old
+
+
+def test_importing_the_helpers_beside_an_old_torch_warns_with_what_to_do(monkeypatch):
+    import importlib
+    from importlib import metadata
+
+    real_version = metadata.version
+    monkeypatch.setattr(metadata, "version",
+                        lambda name: "2.7.1+cu126" if name == "torch" else real_version(name))
+    with pytest.warns(UserWarning) as caught:
+        importlib.reload(helpers)
+    assert [str(w.message) for w in caught] == [
+        "the course needs torch 2.8 or newer, and this is torch 2.7.1+cu126: some chapters may "
+        "fail or hang. Upgrade with `pip install -U torch torchvision`, then restart the kernel."]
+    monkeypatch.undo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the course's own torch: no warning
+        importlib.reload(helpers)
+
+
+def test_the_package_asks_pip_for_the_same_oldest_torch_as_the_warning():
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"torch>={'.'.join(map(str, helpers.MINIMUM_TORCH))}" in dependencies

@@ -661,12 +661,12 @@ def test_a_verdict_shows_small_tensors_in_short_numbers_and_large_ones_by_shape(
 
 def test_a_not_implemented_error_from_a_pytorch_operation_in_cpp_is_a_crash_not_starter_code():
     # Raised by PyTorch's C++ code, it shows as the learner's own line, which is not a `raise`.
-    def uses_an_operation_complex_numbers_lack(t):
-        return int(torch.zeros(2, dtype=torch.complex64).clamp(0, 1).real.sum())
+    def uses_an_operation_sparse_tensors_lack(t):
+        return int(torch.zeros(2, 2).to_sparse().max())
 
-    verdict = judge_answer("dynamic_graph.count_leaves", uses_an_operation_complex_numbers_lack)
+    verdict = judge_answer("dynamic_graph.count_leaves", uses_an_operation_sparse_tensors_lack)
     assert verdict.status == FAILED
-    assert "the answer raised NotImplementedError: clamp is not supported for complex types" in verdict.message
+    assert "the answer raised NotImplementedError: Could not run 'aten::max'" in verdict.message
 
 
 def test_starter_code_whose_source_cannot_be_read_gets_the_benefit_of_the_doubt():

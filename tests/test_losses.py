@@ -497,7 +497,9 @@ def test_a_bce_whose_gradient_is_wrong_only_at_zero_fails_and_is_told_so(answer)
     # (the right one is sigmoid(0) - y = -0.5 or 0.5, divided by N).
     z = torch.zeros(2, requires_grad=True)
     answer(z, torch.tensor([1.0, 0.0])).backward()
-    assert not torch.allclose(z.grad, torch.tensor([-0.25, 0.25]))
+    if torch.allclose(z.grad, torch.tensor([-0.25, 0.25])):
+        # On torch 2.4 to 2.10, clamp's slope at its bound happens to give the right gradient here.
+        pytest.skip(f"on torch {torch.__version__} this answer's gradient at z = 0 is right")
     verdict = judge_answer("losses.bce_with_logits", answer)
     assert verdict.status == FAILED
     assert verdict.message.endswith(": the gradient is wrong only at z = 0 exactly, where clamp, max and "
