@@ -243,6 +243,65 @@ def test_code_block_lines_skip_directives_and_follow_nested_fences():
     assert _code_block_lines(page) == ["```{exercise} x", "inside", "```", "command"]
 
 
+def _output_text(cell) -> str:
+    """Everything a cell's outputs say in text: streams, plain text and Markdown (tables)."""
+    parts = []
+    for out in cell.get("outputs", []):
+        data = out.get("data", {})
+        parts += [out.get("text", ""), data.get("text/plain", ""), data.get("text/markdown", "")]
+    return "\n".join(parts)
+
+
+def numbers_copied_from_a_run(nb) -> list[str]:
+    """Decimals and percentages written in the prose (outside math and code) that an output of a
+    cell nbval ignores prints, and no output it compares does: read off one run, and stale after
+    the next run on other hardware, which prints other numbers."""
+    varying = "\n".join(_output_text(c) for c in nb.cells
+                        if c.cell_type == "code" and "nbval-ignore-output" in c.metadata.get("tags", []))
+    fixed = "\n".join(_output_text(c) for c in nb.cells
+                      if c.cell_type == "code" and "nbval-ignore-output" not in c.metadata.get("tags", []))
+    copied = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "markdown":
+            continue
+        prose = re.sub(r"```.*?```|`[^`]*`|\$\$.*?\$\$|\$[^$]*\$", " ", cell.source, flags=re.S)
+        for number in re.findall(r"(?<![\w.])\d[\d,]*\.\d+(?=%?)|(?<![\w.])\d+(?=%)", prose):
+            printed = re.compile(r"(?<![\d.])" + re.escape(number) + r"(?![\d])")
+            if printed.search(varying) and not printed.search(fixed):
+                copied.append(f"cell {i}: {number}")
+    return copied
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_prose_copies_no_number_from_a_run(path):
+    copied = numbers_copied_from_a_run(nbformat.read(path, as_version=4))
+    assert not copied, ("the prose quotes numbers that only outputs tagged nbval-ignore-output print, so "
+                        "they change with the hardware and go stale at the next run (on the GPU, for "
+                        "one): print them from the code and let the prose point to the printed line:\n"
+                        + "\n".join(copied))
+
+
+def test_numbers_copied_from_a_run_are_found_and_fixed_ones_are_not():
+    def notebook(prose, ignored, compared=""):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell(prose),
+                    nbformat.v4.new_code_cell("run()", outputs=[
+                        nbformat.v4.new_output("stream", name="stdout", text=ignored)]),
+                    nbformat.v4.new_code_cell("fixed()", outputs=[
+                        nbformat.v4.new_output("stream", name="stdout", text=compared)])]
+        nb.cells[1].metadata["tags"] = ["nbval-ignore-output"]
+        return nb
+
+    run = "validation accuracy 55.1%, lowest loss 1.216, gap 19%\n"
+    assert numbers_copied_from_a_run(notebook("It reached 55.1% (loss 1.216); a gap of 19%.", run)) == [
+        "cell 0: 55.1", "cell 0: 1.216", "cell 0: 19"]
+    # Printed by a compared cell too, inside math or code, or not printed by the run: not copied.
+    assert numbers_copied_from_a_run(notebook("It reached 55.1%.", run, compared="55.1")) == []
+    assert numbers_copied_from_a_run(notebook("With $\\alpha = 1.216$ and `55.1`.", run)) == []
+    assert numbers_copied_from_a_run(notebook("The mean is about 0.491; 155.1 is not 55.1%.", run)) == [
+        "cell 0: 55.1"]
+
+
 # Found by mutation testing: each test below fails on a small, plausible change to the code.
 
 
