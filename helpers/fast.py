@@ -765,9 +765,8 @@ class ProfileReport:
                          f"({self.device_busy_seconds / self.wall_seconds:.0%})")
         where = "GPU kernels and copies" if self.device_busy_seconds is not None else "operators (CPU, self time)"
         lines.append(f"the {len(self.top)} {where} that took longest:")
-        for name, calls, seconds in self.top:
-            short = name if len(name) <= 48 else name[:45] + "..."
-            lines.append(f"  {short:<48} {calls:>5} calls {1000 * seconds / self.steps:8.3f} ms/step")
+        for (_, calls, seconds), label in zip(self.top, short_labels([name for name, _, _ in self.top])):
+            lines.append(f"  {label:<48} {calls:>5} calls {1000 * seconds / self.steps:8.3f} ms/step")
         if self.messages.strip():
             lines.append(textwrap.fill(f"(stderr meanwhile: {self.messages.strip().splitlines()[0][:200]})", 79,
                                        break_on_hyphens=False))
@@ -792,6 +791,42 @@ def kernel_label(name: str) -> str:
                 name = name[:i].rstrip() or name
                 break
     return name
+
+
+def short_labels(names: Sequence[str], width: int = 48) -> list[str]:
+    """Each name cut to at most ``width`` characters, keeping names that differ apart.
+
+    Kernels of one template differ late in their names (``elementwise_kernel<128, 2, ...,
+    MulFunctor<float> > >`` and ``..., AddFunctor<float> > >``), so cutting every name after the
+    same number of characters would make them look alike. A long name that shares a start that
+    long with another keeps its first characters and then the stretch where it first differs.
+    """
+    labels = []
+    for name in names:
+        if len(name) <= width:
+            labels.append(name)
+            continue
+        # Where this name first differs from the other name it shares the longest start with.
+        differs_at = max((len(os.path.commonprefix([name, other])) for other in names if other != name),
+                         default=0)
+        if differs_at < width - 3:
+            labels.append(name[:width - 3] + "...")
+            continue
+        head = width // 3
+        start = max(head, differs_at - 8)
+        room = width - head - 3  # what is left after the head and its "..."
+        stretch = name[start:start + room]
+        if start + room < len(name):
+            stretch = stretch[:-3] + "..."
+        labels.append(name[:head] + "..." + stretch)
+    # Names alike even there (as long and differing only further on) are numbered, not merged.
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            suffix = f" ({seen[label]})"
+            labels[i] = label[:width - len(suffix)] + suffix
+    return labels
 
 
 def gpu_kernel_times(events) -> tuple[float, list[tuple[str, int, float]]]:

@@ -435,6 +435,34 @@ def test_the_gpus_busy_time_counts_each_kernel_once_and_leaves_out_the_marked_ra
     assert ranked[1][2] == pytest.approx(19e-6)
 
 
+def test_kernels_of_one_template_keep_apart_in_the_profile():
+    # Names as kernel_label leaves them: alike for their first 45 characters and more.
+    mul = ("elementwise_kernel<128, 2, gpu_kernel_impl_nocast<BinaryFunctor<float, float, float, "
+           "MulFunctor<float> > >(TensorIteratorBase&){lambda(int)#1}>")
+    add = mul.replace("MulFunctor", "AddFunctor")
+    wide = ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_"
+            "warpgroupsize1x1x1_execute_segment_k_off_kernel__5x_cudnn")
+    narrow = wide.replace("tilesize128x", "tilesize64x")
+    alone = "vectorized_elementwise_kernel<4, CUDAFunctor_add<BFloat16> >"
+    labels = fast.short_labels([mul, add, wide, narrow, alone, "Memcpy HtoD (Pinned -> Device)"])
+    assert len(set(labels)) == 6 and all(len(label) <= 48 for label in labels)
+    assert "MulFunctor" in labels[0] and "AddFunctor" in labels[1]
+    assert "tilesize128x" in labels[2] and "tilesize64x" in labels[3]
+    assert labels[0].startswith("elementwise_kern") and labels[2].startswith("sm90_xmma")
+    assert labels[4] == alone[:45] + "..."  # like no other name: simply cut
+    assert labels[5] == "Memcpy HtoD (Pinned -> Device)"  # short names are kept whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="ab<>, .(2)", max_size=70), unique=True, max_size=8),
+       st.integers(min_value=12, max_value=60))
+def test_short_labels_are_short_and_never_merge_two_names(names, width):
+    labels = fast.short_labels(names, width)
+    assert len(labels) == len(names) and len(set(labels)) == len(names)
+    assert all(len(label) <= width for label in labels)
+    assert all(label == name for name, label in zip(names, labels) if len(name) <= width)
+
+
 def test_profile_steps_through_a_loader_with_worker_processes():
     standin = WithTransform(StandInCIFAR10(64, seed=0), to_tensor_transform())
     model = SmallCNN()
