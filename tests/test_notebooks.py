@@ -252,10 +252,21 @@ def _output_text(cell) -> str:
     return "\n".join(parts)
 
 
-def numbers_copied_from_a_run(nb) -> list[str]:
+# Numbers the prose quotes from elsewhere, which a run may print too by coincidence (the GPU run
+# may well take 46.2 s for step 1, or reach 94%): not copied from the run.
+QUOTED = {
+    # CIFAR-10's per-channel means as usually quoted for its training set.
+    "data.ipynb": {"0.491", "0.482", "0.447"},
+    # The issue's first measurement on an H200 (46.2 s, 2.75 s, 16.8 times), the 94% target, and
+    # airbench's record (3.29 s on an A100).
+    "fast_training.ipynb": {"46.2", "2.75", "16.8", "94", "3.29"},
+}
+
+
+def numbers_copied_from_a_run(nb, quoted=frozenset()) -> list[str]:
     """Decimals and percentages written in the prose (outside math and code) that an output of a
     cell nbval ignores prints, and no output it compares does: read off one run, and stale after
-    the next run on other hardware, which prints other numbers."""
+    the next run on other hardware, which prints other numbers. ``quoted`` are left out."""
     varying = "\n".join(_output_text(c) for c in nb.cells
                         if c.cell_type == "code" and "nbval-ignore-output" in c.metadata.get("tags", []))
     fixed = "\n".join(_output_text(c) for c in nb.cells
@@ -266,19 +277,28 @@ def numbers_copied_from_a_run(nb) -> list[str]:
             continue
         prose = re.sub(r"```.*?```|`[^`]*`|\$\$.*?\$\$|\$[^$]*\$", " ", cell.source, flags=re.S)
         for number in re.findall(r"(?<![\w.])\d[\d,]*\.\d+(?=%?)|(?<![\w.])\d+(?=%)", prose):
-            printed = re.compile(r"(?<![\d.])" + re.escape(number) + r"(?![\d])")
-            if printed.search(varying) and not printed.search(fixed):
+            # The whole number: 94 is not in 94.1 or 0.94, nor 1.21 in 1.216.
+            printed = re.compile(r"(?<![\d.])" + re.escape(number) + r"(?!\d|\.\d)")
+            if number not in quoted and printed.search(varying) and not printed.search(fixed):
                 copied.append(f"cell {i}: {number}")
     return copied
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_the_prose_copies_no_number_from_a_run(path):
-    copied = numbers_copied_from_a_run(nbformat.read(path, as_version=4))
+    copied = numbers_copied_from_a_run(nbformat.read(path, as_version=4), QUOTED.get(path.name, set()))
     assert not copied, ("the prose quotes numbers that only outputs tagged nbval-ignore-output print, so "
                         "they change with the hardware and go stale at the next run (on the GPU, for "
                         "one): print them from the code and let the prose point to the printed line:\n"
                         + "\n".join(copied))
+
+
+@pytest.mark.parametrize("name", sorted(QUOTED))
+def test_every_quoted_number_is_still_in_the_prose(name):
+    prose = "\n".join(c.source for c in nbformat.read(ROOT / "book" / name, as_version=4).cells
+                      if c.cell_type == "markdown")
+    missing = {n for n in QUOTED[name] if not re.search(r"(?<![\d.])" + re.escape(n) + r"(?!\d|\.\d)", prose)}
+    assert not missing, f"QUOTED lists numbers {name} no longer quotes: {sorted(missing)}"
 
 
 def test_numbers_copied_from_a_run_are_found_and_fixed_ones_are_not():
@@ -300,6 +320,9 @@ def test_numbers_copied_from_a_run_are_found_and_fixed_ones_are_not():
     assert numbers_copied_from_a_run(notebook("With $\\alpha = 1.216$ and `55.1`.", run)) == []
     assert numbers_copied_from_a_run(notebook("The mean is about 0.491; 155.1 is not 55.1%.", run)) == [
         "cell 0: 55.1"]
+    assert numbers_copied_from_a_run(notebook("Aim for 94%, and 1.21.", "94.1%, 0.94, 1.216")) == []
+    assert numbers_copied_from_a_run(notebook("It took 46.2 s.", "46.2 s"), quoted={"46.2"}) == []
+    assert set(QUOTED) <= {path.name for path in NOTEBOOKS}
 
 
 # Found by mutation testing: each test below fails on a small, plausible change to the code.
