@@ -852,9 +852,10 @@ def profile_steps(model: nn.Module, loader, loss_fn: Callable, optimizer: torch.
                   device: torch.device | str, *, steps: int = 10, top: int = 6) -> ProfileReport:
     """Run ``steps`` training steps under ``torch.profiler`` and summarise where the time went.
 
-    Fetching each batch is marked "next batch" (``record_function``), so the report can say how
-    long the loop waited for data. On a GPU it also sums the kernels' own times (busy time).
-    The steps train the model, as any training steps do.
+    One step runs first, unprofiled, as a warm-up. Fetching each batch is marked "next batch"
+    (``record_function``), so the report can say how long the loop waited for data. On a GPU it
+    also sums the kernels' own times (busy time). The steps train the model, as any training
+    steps do.
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -866,6 +867,10 @@ def profile_steps(model: nn.Module, loader, loss_fn: Callable, optimizer: torch.
     with captured_stderr() as messages, warnings.catch_warnings():  # kept in the report, shown with it
         # A routine notice of some versions (torch 2.11 among them), at every profile: not news.
         warnings.filterwarnings("ignore", message="Warning: Profiler clears events", category=UserWarning)
+        # The warm-up step starts the loader's worker processes before the profile: starting them
+        # is a one-off cost, not the steady wait for data the report is about, and processes
+        # forked while the profiler traces CUDA would inherit its hooks.
+        training_step(model, *to_device(next(batches), device), loss_fn, optimizer)
         with profile(activities=activities) as prof:
             with DeviceTimer(device) as wall:
                 for _ in range(steps):

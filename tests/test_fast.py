@@ -472,6 +472,39 @@ def test_profile_steps_through_a_loader_with_worker_processes():
     assert report.steps == 2 and report.messages == ""
 
 
+def test_the_profile_starts_after_the_loader_and_a_warm_up_step(tiny, monkeypatch):
+    import torch.profiler
+
+    happened = []
+
+    class RecordingLoader:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __iter__(self):
+            happened.append("loader started")
+            return iter(self.loader)
+
+    class RecordingSGD(torch.optim.SGD):
+        def step(self, closure=None):
+            happened.append("step")
+            return super().step(closure)
+
+    enter = torch.profiler.profile.__enter__
+
+    def entering(self):
+        happened.append("profile started")
+        return enter(self)
+
+    monkeypatch.setattr(torch.profiler.profile, "__enter__", entering)
+    train_x, train_y, _, _ = tiny
+    model = SmallCNN()
+    report = profile_steps(model, RecordingLoader(DeviceLoader(train_x, train_y, 32, shuffle=True)),
+                           nn.CrossEntropyLoss(), RecordingSGD(model.parameters(), lr=0.01), CPU, steps=2)
+    assert happened == ["loader started", "step", "profile started", "step", "step"]
+    assert report.steps == 2
+
+
 def test_table_speedups_chart_and_the_sentence_about_the_run(monkeypatch):
     results = [StepResult("one", 64, 2, train_seconds=8.0, warmup_seconds=1.0, images=100, test_accuracy=0.5),
                StepResult("two", 512, 2, train_seconds=2.0, warmup_seconds=9.0, images=100, test_accuracy=0.52),
