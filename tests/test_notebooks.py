@@ -263,6 +263,11 @@ QUOTED = {
 }
 
 
+def _whole_number(number: str) -> re.Pattern:
+    """``number`` where it stands whole: 94 is not in 94.1 or 0.94, nor 1.21 in 1.216."""
+    return re.compile(r"(?<![\d.])" + re.escape(number) + r"(?!\d|\.\d)")
+
+
 def numbers_copied_from_a_run(nb, quoted=frozenset()) -> list[str]:
     """Decimals and percentages written in the prose (outside math and code) that an output of a
     cell nbval ignores prints, and no output it compares does: read off one run, and stale after
@@ -276,9 +281,8 @@ def numbers_copied_from_a_run(nb, quoted=frozenset()) -> list[str]:
         if cell.cell_type != "markdown":
             continue
         prose = re.sub(r"```.*?```|`[^`]*`|\$\$.*?\$\$|\$[^$]*\$", " ", cell.source, flags=re.S)
-        for number in re.findall(r"(?<![\w.])\d[\d,]*\.\d+(?=%?)|(?<![\w.])\d+(?=%)", prose):
-            # The whole number: 94 is not in 94.1 or 0.94, nor 1.21 in 1.216.
-            printed = re.compile(r"(?<![\d.])" + re.escape(number) + r"(?!\d|\.\d)")
+        for number in re.findall(r"(?<![\w.])\d[\d,]*\.\d+|(?<![\w.])\d+(?=%)", prose):
+            printed = _whole_number(number)
             if number not in quoted and printed.search(varying) and not printed.search(fixed):
                 copied.append(f"cell {i}: {number}")
     return copied
@@ -297,7 +301,7 @@ def test_the_prose_copies_no_number_from_a_run(path):
 def test_every_quoted_number_is_still_in_the_prose(name):
     prose = "\n".join(c.source for c in nbformat.read(ROOT / "book" / name, as_version=4).cells
                       if c.cell_type == "markdown")
-    missing = {n for n in QUOTED[name] if not re.search(r"(?<![\d.])" + re.escape(n) + r"(?!\d|\.\d)", prose)}
+    missing = {n for n in QUOTED[name] if not _whole_number(n).search(prose)}
     assert not missing, f"QUOTED lists numbers {name} no longer quotes: {sorted(missing)}"
 
 
