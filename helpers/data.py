@@ -16,7 +16,7 @@ process, and records it with ``helpers.runtime.record_data_source``):
 2. in quick mode (``COURSE_QUICK=1``), a small generated stand-in with CIFAR-10's shapes and
    classes, announced as such. Quick mode ignores ``CIFAR10_JPEG_DIR``, so that the tests run
    fast and the same on every machine;
-3. otherwise torchvision's download (163 MB, once), what readers in Colab get. Without network
+3. otherwise torchvision's download (170 MB, once), what readers in Colab get. Without network
    this fails with an error that says how to provide the data: there is no silent fallback.
 
 Every dataset returned here yields ``(PIL image, class index)``; transforms are applied by
@@ -29,6 +29,7 @@ from __future__ import annotations
 import colorsys
 import functools
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,8 @@ def _check_image_folder(root: Path, hint: str) -> None:
             files = [entry.name for entry in os.scandir(folder) if entry.is_file()]
             images = sorted(file_name for file_name in files if _is_image_file(file_name))
             if not images:
-                others = sorted({Path(file_name).suffix.lower() or file_name for file_name in files})
+                others = sorted({"._* (macOS metadata)" if file_name.startswith("._")
+                                 else Path(file_name).suffix.lower() or file_name for file_name in files})
                 found = f"it holds only {', '.join(others)} files" if others else "it holds no files"
                 raise DataSourceError(f"{folder} ({hint}) holds no .png, .jpg or .jpeg images ({found}): "
                                       f"only those files are read. Copy CIFAR-10's images there again, "
@@ -113,7 +115,8 @@ def _check_image_folder(root: Path, hint: str) -> None:
 
 
 def _is_image_file(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
+    # "._15000.jpg" is not an image but the metadata file macOS leaves next to 15000.jpg on some disks.
+    return name.lower().endswith(IMAGE_SUFFIXES) and not Path(name).name.startswith("._")
 
 
 def _check_counts(folder: Path, counts: dict[str, int], expected: int, hint: str) -> None:
@@ -223,7 +226,7 @@ def _torchvision_splits(root: Path) -> tuple[Dataset, Dataset]:
         raise DataSourceError(
             f"CIFAR-10 could not be downloaded into {root} ({type(error).__name__}: {error}). "
             f"Provide it in one of three ways: (1) run where the internet is reachable (torchvision "
-            f"downloads 163 MB once); (2) put a copy as an image-folder tree, train/<class>/*.png and "
+            f"downloads 170 MB once); (2) put a copy as an image-folder tree, train/<class>/*.png and "
             f"test/<class>/*.png, on this machine and set the environment variable {JPEG_DIR_ENV} to "
             f"that folder (or pass image_folder=...); (3) for a small generated stand-in instead of "
             f"CIFAR-10, set {runtime.QUICK_ENV}=1 (quick mode)") from error
@@ -303,6 +306,12 @@ def normalising_transform(mean: Sequence[float] | torch.Tensor, std: Sequence[fl
                          f"{tuple(mean.shape)} and {tuple(std.shape)}")
     if (std <= 0).any():
         raise ValueError(f"std must be positive, got {std.tolist()}")
+    # The pixels are scaled to 0..1 before they are normalised: statistics of 0-255 pixels would
+    # turn every image into values around -2. (The "not" also catches NaN.)
+    if not (((mean >= 0) & (mean <= 1)).all() and (std <= 1).all()):
+        raise ValueError(f"mean and std are statistics of pixels scaled to 0..1 (each mean in [0, 1], each "
+                         f"std in (0, 1]), got mean {mean.tolist()} and std {std.tolist()}: for statistics "
+                         f"of 0-255 pixels, divide them by 255")
     return v2.Compose([*augment, v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(mean.tolist(), std.tolist()), v2.ToPureTensor()])
 
@@ -322,6 +331,10 @@ def split_train_validation(dataset: Dataset, validation_size: int, seed: int = 0
     seed always gives the same split, whatever the global random state.
     """
     n = len(dataset)
+    if not isinstance(validation_size, numbers.Integral) or isinstance(validation_size, bool):
+        raise TypeError(f"validation_size is a number of examples and must be an integer, got "
+                        f"{validation_size!r}: for a fraction of the dataset, pass e.g. "
+                        f"int(0.1 * len(dataset))")
     if not 0 < validation_size < n:
         raise ValueError(f"validation_size must be between 1 and {n - 1} for a dataset of {n} examples, "
                          f"got {validation_size}")
@@ -383,6 +396,10 @@ def channel_mean_std(dataset: Dataset, batch_size: int = 500,
                else f"a {type(first).__module__}.{type(first).__qualname__}")
         raise TypeError(f"expected images (C, H, W) as float tensors, got {got}: give the dataset a "
                         f"transform such as to_tensor_transform()")
+    if first.shape[0] not in (1, 3):
+        raise ValueError(f"expected images (C, H, W) with C = 1 or 3 colour channels, got shape "
+                         f"{tuple(first.shape)}: for channels-last images (H, W, C), use "
+                         f"image.permute(2, 0, 1)")
     total = total_squares = None
     count = 0
     for images, _ in make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers):
@@ -428,6 +445,11 @@ def cifar10_loaders(batch_size: int = 64, *, validation_size: int | None = None,
     data = load_cifar10(image_folder)
     if validation_size is None:
         validation_size = runtime.pick(5000, 500)
+        if validation_size >= len(data.train):  # a small image folder, say
+            mode = " in quick mode" if runtime.quick_mode() else ""
+            raise ValueError(f"validation_size was not given, and its default{mode}, {validation_size}, "
+                             f"leaves no training images of the {len(data.train)}: pass a validation_size "
+                             f"between 1 and {len(data.train) - 1}")
     train_part, validation_part = split_train_validation(data.train, validation_size, seed)
     mean, std = channel_mean_std(WithTransform(train_part, to_tensor_transform()), num_workers=num_workers)
     plain = normalising_transform(mean, std)

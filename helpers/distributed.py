@@ -14,6 +14,7 @@ prints and writes files. ``python -m helpers.distributed --help`` lists the opti
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -359,6 +360,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, TrainConfig]:
     for name in ("epochs", "batch_size", "num_images"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    # Refused here, before any process starts: SGD would refuse a negative lr only after every rank
+    # has loaded the data, and takes 0, nan and inf, none of which trains.
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a positive number, got {args.lr}: e.g. --lr {TrainConfig.lr}")
+    if not 0 <= args.seed < 2**32:  # what NumPy's generator takes (seed_everything seeds it)
+        parser.error(f"--seed must be between 0 and 2**32 - 1, got {args.seed}: "
+                     f"e.g. --seed {TrainConfig.seed}")
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          data=args.data, num_images=args.num_images, checkpoint=args.checkpoint,
                          save_weights=args.save_weights, overwrite=args.overwrite, device=args.device)

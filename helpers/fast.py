@@ -22,6 +22,7 @@ import gc
 import io
 import logging
 import math
+import numbers
 import os
 import re
 import statistics
@@ -31,7 +32,7 @@ import textwrap
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -110,9 +111,18 @@ class DeviceData:
     source: str
 
 
+def _check_limit(name: str, limit: Any) -> None:
+    """Refuse a limit that is not a number of images: 0 would leave none (and NaN statistics), -1
+    would quietly drop one image as a slice does, and 0.5 fails inside the slicing."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
+        raise ValueError(f"{name} is a number of images and must be None or an integer of at least 1, got "
+                         f"{limit!r}: pass None to keep them all")
+
+
 def random_subset(images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int):
     """``limit`` of the ``(images, labels)`` pairs, chosen at random with ``seed`` (all of them
     when ``limit`` is None or not smaller than their number)."""
+    _check_limit("limit", limit)
     if limit is None or limit >= len(labels):
         return images, labels
     # A random subset, not the first images: an image folder lists its images class by class.
@@ -128,6 +138,8 @@ def cifar10_on_device(device: torch.device | str, cifar: CIFAR10Data | None = No
     The whole training split, 50,000 images of 3x32x32 float32, takes 614 MB. ``train_limit``
     and ``test_limit`` keep a random subset (chosen with ``seed``), for small machines.
     """
+    _check_limit("train_limit", train_limit)  # before decoding 60,000 images, not after
+    _check_limit("test_limit", test_limit)
     device = torch.device(device)
     cifar = cifar if cifar is not None else load_cifar10()
     train_u8, train_y = random_subset(*dataset_to_tensors(cifar.train, num_workers=num_workers), train_limit, seed)
@@ -312,7 +324,8 @@ class Autocast(nn.Module):
     in the docs of ``torch.amp``; the lists are in ATen's ``autocast_mode.h``): matrix products,
     convolutions and linear layers run in ``dtype``; on CUDA, the ops on the float32 list (``sum``,
     ``softmax``, ``log_softmax``, ``exp``, ``log`` and most losses among them) run in float32, while
-    on the CPU that list is shorter, and ``sum`` and ``softmax`` of bf16 inputs stay bf16. Every
+    on the CPU the list is a different one, without ``sum``, ``softmax``, ``log_softmax``, ``exp``
+    or ``log``: of bf16 inputs, those stay bf16 there. Every
     other op runs in the dtype of its inputs: the ReLUs, the pooling, batch normalisation (its
     weights stay float32) and the residual additions of a network all run in ``dtype``. The
     logits are cast to float32 here, so the loss, computed outside, is float32 on every device.

@@ -26,12 +26,18 @@ def mean_squared_error(prediction: torch.Tensor, target: torch.Tensor,
     """Mean squared error, ``F.mse_loss``: ``(1/N) * sum_i (prediction_i - target_i)**2``.
 
     ``prediction`` and ``target`` have the same shape ``(*)``; N is their number of elements.
-    Returns a scalar, or the squared errors of shape ``(*)`` with ``reduction="none"``.
+    ``target`` may hold integers or bools (True counts as 1), as in PyTorch. Returns a scalar, or
+    the squared errors of shape ``(*)`` with ``reduction="none"``.
     """
     _check_reduction(reduction)
     _check_floating(prediction, "prediction")
     _check_tensor(target, "target")
+    if target.is_complex():
+        raise TypeError(f"target must be a real tensor, as in F.mse_loss, got {target.dtype}: pass "
+                        f"target.real if its real part is what you mean")
     _check_same_shape(prediction, "prediction", target, "target")
+    if target.dtype == torch.bool:  # F.mse_loss counts True as 1 and False as 0; `-` refuses bools
+        target = target.to(prediction.dtype)
     return _reduce((prediction - target) ** 2, reduction)
 
 

@@ -107,6 +107,25 @@ def _check_confusion(confusion) -> torch.Tensor:
     return confusion
 
 
+def _check_class_names(classes, num_classes: int) -> list[str]:
+    """``classes`` as a list of ``num_classes`` strings, one name per row of the confusion matrix."""
+    if isinstance(classes, str):  # a string is a sequence too, of one-letter "names"
+        raise TypeError(f"classes must be a list of class names, got the string {classes!r}: pass a list "
+                        f"of {num_classes} names, e.g. loaders.classes")
+    try:
+        names = list(classes)
+    except TypeError:
+        raise TypeError(f"classes must be a list of class names, got {type(classes).__name__}: pass a list "
+                        f"of {num_classes} names, e.g. loaders.classes") from None
+    if len(names) != num_classes:
+        raise ValueError(f"{len(names)} class names for a {num_classes}x{num_classes} confusion matrix")
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"class names must be strings, got {name!r} ({type(name).__name__}): pass the "
+                            f"names of the classes (e.g. loaders.classes), not their indices")
+    return names
+
+
 def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """``numerator / denominator``, with 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
@@ -211,8 +230,7 @@ def micro_f1(confusion) -> float:
 def classification_report(confusion, classes: Sequence[str]) -> str:
     """A table: precision, recall, F1 and support (samples) per class, then accuracy and macro averages."""
     confusion = _check_confusion(confusion)
-    if len(classes) != len(confusion):
-        raise ValueError(f"{len(classes)} class names for a {len(confusion)}x{len(confusion)} confusion matrix")
+    classes = _check_class_names(classes, len(confusion))
     columns = (precision(confusion), recall(confusion), f1_score(confusion))
     support = confusion.sum(dim=1)
     width = max(len(label) for label in (*classes, "accuracy", "macro average"))  # the label column

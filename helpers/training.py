@@ -245,6 +245,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
     where a reader can see it; False: none). Raises ``FloatingPointError``
     on a NaN loss.
     """
+    _check_arguments(model, loss_fn, optimizer)  # refuse slips up front
     device = torch.device(device)
     model.train()  # dropout, batch norm and the like behave as in training
     bar = _bar_for(progress, loader, description)
@@ -274,6 +275,30 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
                     training=True)
 
 
+def _check_loss_fn(loss_fn: Callable) -> None:
+    """Refuse a loss class instead of a loss, and one that does not average over the batch."""
+    if isinstance(loss_fn, type):
+        raise TypeError(f"loss_fn is the class {loss_fn.__name__}, not a loss: pass an instance, "
+                        f"{loss_fn.__name__}()")
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if reduction != "mean":  # "sum" would make the step size, and the mean loss, depend on the batch size
+        raise ValueError(f"loss_fn has reduction={reduction!r}, but the loop needs each batch's mean "
+                         f"loss: create it with reduction='mean' (the default)")
+
+
+def _check_arguments(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse, before any step, what a learner passes by mistake: a loss class or a loss that does
+    not average (``_check_loss_fn``), and an optimizer made for another model, which would step
+    those parameters, not these."""
+    _check_loss_fn(loss_fn)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    parameters = list(model.parameters())
+    if parameters and not any(id(p) in held for p in parameters):
+        raise ValueError("the optimizer holds none of the model's parameters, so training would not "
+                         "change the model (was the model created again after the optimizer?): create "
+                         "the optimizer again from this model, optimizer(model.parameters(), ...)")
+
+
 def _bar_for(progress, loader, description: str) -> ProgressBar | None:
     if isinstance(progress, ProgressBar) or progress is False:
         return progress or None
@@ -290,6 +315,7 @@ def evaluate(model: nn.Module, loader, loss_fn: Callable,
     Returns ``{"loss", "accuracy", "samples"}``. The model's mode (train or
     eval) is restored afterwards, and its parameters are not touched.
     """
+    _check_loss_fn(loss_fn)
     device = torch.device(device)
     was_training = model.training
     model.eval()  # dropout off, batch norm uses its running statistics
@@ -368,6 +394,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     Written atomically: into a temporary file beside ``path``, flushed to disk, then renamed
     over ``path`` (``os.replace``), so a crash mid-write leaves the previous checkpoint intact.
     """
+    if isinstance(model, torch.optim.Optimizer) and isinstance(optimizer, nn.Module):
+        raise TypeError("the model and the optimizer are swapped: call save_checkpoint(path, model, "
+                        "optimizer, epoch)")
+    if not isinstance(model, nn.Module) or not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"save_checkpoint(path, model, optimizer, epoch) needs an nn.Module and a "
+                        f"torch.optim optimizer, got {_a(type(model).__name__)} and "
+                        f"{_a(type(optimizer).__name__)}")
     path = Path(path)
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -382,17 +415,44 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         "rng": rng_state(),
         "loader_generator": loader_generator.get_state() if loader_generator is not None else None,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    for part in ("optimizer", "scheduler", "history"):  # where a NumPy number can come in from outside
+        state[part] = _plain_numbers(state[part])
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+        # A file that load_checkpoint would refuse must not replace a good one: read it back first.
+        try:
+            torch.load(temporary, map_location="cpu", weights_only=True)
+        except Exception as error:
+            refused = _refused_object(error)
+            raise CheckpointError(f"{path} was not written: the checkpoint would hold Python objects that "
+                                  f"weights_only loading refuses" + (f" ({refused})" if refused else "")
+                                  + ": keep the history and the optimizer's settings to numbers, strings, "
+                                  "lists, dicts and tensors") from None
         os.replace(temporary, path)  # atomic: readers see the old file or the new one, never half
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full disk, a read-only folder, a folder named like the file
+            raise CheckpointError(f"could not write the checkpoint {path} ({type(error).__name__}: "
+                                  f"{error.strerror or error}); the previous checkpoint there, if any, is "
+                                  f"unchanged: free some space, or choose another checkpoint_path") from error
         raise
+
+
+def _plain_numbers(value: Any) -> Any:
+    """``value`` with NumPy's scalars (a learning rate from np.logspace, a loss from NumPy) as
+    Python numbers, which weights_only loading accepts; NumPy's scalar types it refuses."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return type(value)((key, _plain_numbers(item)) for key, item in value.items())
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain_numbers(item) for item in value)
+    return value
 
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # torch's messages embolden text for terminals
@@ -401,6 +461,12 @@ _LEGACY_START = b"\x80\x02\x8a\n"  # torch.save's older format: a pickle of its 
 _RECOVER = ("restore it from a copy, or start the run again (fit with overwrite=True, or another "
             "checkpoint_path)")
 _NEW_RUN = "start a new run (in fit: overwrite=True, or another checkpoint_path)"
+
+
+def _refused_object(error: BaseException) -> str:
+    """What weights_only loading refused, from its error ("Unsupported global: ..."), or ''."""
+    refused = re.search(r"WeightsUnpickler error: (.*?)(?= Please use|\n|$)", _ANSI_ESCAPE.sub("", str(error)))
+    return refused.group(1).strip() if refused else ""
 
 
 def _describe_foreign(state: Any) -> str:
@@ -444,8 +510,7 @@ def _read_checkpoint(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for refused objects, RuntimeError for a damaged archive
         message = _ANSI_ESCAPE.sub("", str(error))
-        refused = re.search(r"WeightsUnpickler error: (.*?)(?= Please use|\n|$)", message)
-        refused = refused.group(1).strip() if refused else ""
+        refused = _refused_object(error)
         # A file of another kind fails in the unpickler too, but names no refused object.
         if "weights only" in message.lower() and (refused or is_zip):
             raise CheckpointError(f"{path} holds Python objects that weights_only loading refuses, so it was "
@@ -475,8 +540,9 @@ def _comparable(value: Any) -> Any:
     return value
 
 
-def _changed_settings(state: dict, optimizer: torch.optim.Optimizer) -> list[tuple[str, str]]:
-    """The optimizer settings that differ from the checkpoint's, as ("lr=0.001", "lr=0.1") pairs.
+def _changed_settings(state: dict, optimizer: torch.optim.Optimizer) -> list[tuple[str, Any, Any, str]]:
+    """The optimizer settings that differ from the checkpoint's, as (key, saved, given, where):
+    ("lr", 0.001, 0.1, ""), or with where " in parameter group 1".
 
     Every key of a parameter group but "params": lr, weight_decay, betas, ... A scheduler moves
     the learning rate as it steps (OneCycleLR and CyclicLR the momentum too, also inside a
@@ -496,7 +562,7 @@ def _changed_settings(state: dict, optimizer: torch.optim.Optimizer) -> list[tup
                 continue
             old, new = _comparable(saved[key]), _comparable(value)
             if old != new:
-                changes.append((f"{key}={old!r}{where}", f"{key}={new!r}{where}"))
+                changes.append((key, old, new, where))
     return changes
 
 
@@ -526,13 +592,35 @@ def _check_fits(path: Path, state: dict, optimizer, scheduler, new_settings: boo
                               f"was computed from the run's settings (it would reset the learning rate "
                               f"the schedule had reached): resume with the same settings, or {_NEW_RUN}")
     changes = _changed_settings(state, optimizer) if optimizer is not None else []
+    reshaping = [change for change in changes if _reshapes_state(optimizer, *change[:2])]
+    if reshaping and new_settings:
+        saved, given = _both_sides(reshaping)
+        raise CheckpointError(f"{path} was trained with {saved}, but the optimizer given has {given}, which "
+                              f"new_settings=True cannot change: that setting changes what the optimizer keeps "
+                              f"for each parameter, which the checkpoint does not have. Resume with {saved}, "
+                              f"or {_NEW_RUN}")
     if changes and not new_settings:
-        saved, given = (_listed(side) for side in zip(*changes))
+        saved, given = _both_sides(changes)
         advice = ("to go on from it with the new settings, pass new_settings=True; " if saved_scheduler is None
                   else "")
         raise CheckpointError(f"{path} was trained with {saved}, but the optimizer given has {given}: to "
                               f"resume that run, create the optimizer with the same settings; {advice}"
                               f"or {_NEW_RUN}")
+
+
+def _both_sides(changes: list[tuple[str, Any, Any, str]]) -> tuple[str, str]:
+    """"lr=0.001 and betas=(0.9, 0.999)" as saved, and the same keys as given."""
+    return (_listed([f"{key}={saved!r}{where}" for key, saved, _, where in changes]),
+            _listed([f"{key}={given!r}{where}" for key, _, given, where in changes]))
+
+
+def _reshapes_state(optimizer: torch.optim.Optimizer, key: str, saved: Any) -> bool:
+    """Whether changing setting ``key`` needs state the saved run never kept: Adam's amsgrad keeps
+    a maximum, RMSprop's centered a mean gradient and its momentum a buffer; the optimizer's
+    step would fail on the missing key."""
+    if key in ("amsgrad", "centered"):
+        return True
+    return key == "momentum" and isinstance(optimizer, torch.optim.RMSprop) and saved == 0
 
 
 def _listed(items: list[str]) -> str:
@@ -670,7 +758,8 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
     rate after a NaN loss, say; not with a scheduler). It also refuses (``ValueError``)
     ``epochs`` no larger than the epochs the checkpoint holds: there is nothing left to train.
     A loss that becomes NaN or infinite stops training with a ``FloatingPointError`` that says
-    how to go on. ``scheduler`` steps once per epoch. ``on_epoch_end(epoch, history)``
+    how to go on; so do weights or a validation loss that are not finite at the end of an epoch
+    (its last steps diverged), before that epoch's checkpoint would replace the last good one. ``scheduler`` steps once per epoch. ``on_epoch_end(epoch, history)``
     returning True stops early (the checkpoint of that epoch is still written). ``verbose``
     prints two lines per epoch (``epoch_summary``); ``verbose=False`` shows nothing, not even a
     progress bar, unless ``progress=True``.
@@ -681,6 +770,8 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
         raise ValueError("resume=True needs the checkpoint_path to resume from")
     if new_settings and not resume:
         raise ValueError("new_settings=True changes the settings of a run being resumed: pass resume=True too")
+    if checkpoint_path is not None:
+        _check_checkpoint_path(checkpoint_path)
     if checkpoint_path is not None and not resume and not overwrite and Path(checkpoint_path).exists():
         raise CheckpointError(f"{checkpoint_path} exists already, and a new run would overwrite it: pass "
                               f"resume=True to continue the run it holds, another checkpoint_path to keep "
@@ -703,6 +794,8 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
         history, first_epoch = state["history"], state["epoch"] + 1
         if verbose:
             print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
+    elif resume and verbose:  # say so: a mistyped path would otherwise start over unnoticed
+        print(f"no checkpoint at {checkpoint_path} yet: starting a new run")
     # progress=True or False decides; by default a live bar where one can be drawn, none when quiet.
     live = progress if progress is not None else (None if verbose else False)
     for epoch in range(first_epoch, epochs + 1):
@@ -715,6 +808,16 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
                 advice = _after_nan(model, epoch, checkpoint_path, scheduler)
                 raise FloatingPointError(f"{error}. {advice}") from None
             val = evaluate(model, val_loader, loss_fn, device, correct_fn=correct_fn) if val_loader is not None else None
+        finite_weights = _all_finite(model.parameters())
+        if not finite_weights or (val is not None and not math.isfinite(val["loss"])):
+            # The training loss is measured before each step: the last steps can still diverge. Stop
+            # before this epoch's checkpoint replaces the last good one.
+            what = ("the weights became NaN or infinite" if not finite_weights
+                    else f"the validation loss became {val['loss']}")
+            advice = _after_nan(model, epoch, checkpoint_path, scheduler)
+            unsaved = ", and its checkpoint was not written" if checkpoint_path is not None else ""
+            raise FloatingPointError(f"{what} by the end of epoch {epoch}{unsaved}: lower the learning rate, "
+                                     f"check the inputs for NaN, or clip the gradients. {advice}")
         if scheduler is not None:
             scheduler.step()
         for key, value in zip(HISTORY_KEYS, (epoch, train["loss"], train["accuracy"],
@@ -734,11 +837,31 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
     return history
 
 
+def _all_finite(tensors) -> bool:
+    """Whether every element of every tensor is finite; one wait for the GPU, not one per tensor."""
+    checks = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def _check_checkpoint_path(checkpoint_path: str | Path) -> None:
+    """Refuse, before the first epoch, a checkpoint path that cannot be written as a file."""
+    path = Path(checkpoint_path)
+    if path.is_dir() or str(checkpoint_path).endswith(("/", os.sep)):
+        raise ValueError(f"checkpoint_path {checkpoint_path} is a folder: give a file in it, such as "
+                         f"{path / 'last.pt'}")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:  # the folder that save would create in
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot write the checkpoint {checkpoint_path}: {existing} is not a folder "
+                              f"this process may write in: choose another checkpoint_path")
+
+
 def _after_nan(model: nn.Module, epoch: int, checkpoint_path, scheduler) -> str:
     """What the model in memory is after a NaN loss in ``epoch``, and where to go on from."""
-    broken = not all(torch.isfinite(p).all() for p in model.parameters())
+    broken = not _all_finite(model.parameters())
     now = ("The model in memory now holds NaN or infinite weights" if broken
-           else "The model in memory has taken steps on that loss")
+           else "The model in memory has taken this epoch's steps")
     if checkpoint_path is None or epoch == 1:  # no checkpoint of this run yet
         return f"{now}: create it again and start over with a lower learning rate"
     if scheduler is not None:  # new_settings cannot change a scheduled run

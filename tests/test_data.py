@@ -189,6 +189,22 @@ def test_only_png_and_jpeg_files_are_read_and_counted_without_opening_them(tmp_p
     assert len(cifar.train) == 20 and not any(path.endswith(".webp") for path, _ in cifar.train.samples)
 
 
+def test_macos_metadata_files_are_neither_loaded_nor_counted(tmp_path, monkeypatch, full_mode):
+    # Finder leaves "._<name>" next to each file on some disks: no image, though it ends in .png.
+    monkeypatch.setattr(data, "IMAGES_PER_CLASS", {"train": 2, "test": 2})
+    make_tree(tmp_path, per_class=2)
+    for path in list((tmp_path / "train").glob("*/*.png")):
+        (path.parent / f"._{path.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    cifar = load_cifar10(tmp_path, announce=False)
+    assert len(cifar.train) == 20 and not any("._" in path for path, _ in cifar.train.samples)
+    for folder in (tmp_path / "test").iterdir():
+        [path.unlink() for path in folder.iterdir()]
+        (folder / "._0.png").write_bytes(b"AppleDouble")
+    with pytest.raises(DataSourceError, match=r"holds no \.png, \.jpg or \.jpeg images \(it holds only "
+                                              r"\._\* \(macOS metadata\) files\)"):
+        load_cifar10(tmp_path)
+
+
 def test_classes_directly_under_the_root_are_a_wrong_layout(tmp_path):
     make_tree(tmp_path, splits=("flat",))
     flat = tmp_path / "flat"
@@ -301,6 +317,31 @@ def test_a_validation_size_that_leaves_nothing_is_refused(size):
         split_train_validation(TensorDataset(torch.arange(100)), size)
 
 
+@pytest.mark.parametrize("size", [0.1, 10.0, None, True])
+def test_a_validation_size_that_is_not_an_integer_is_refused(size):
+    message = (r"validation_size is a number of examples and must be an integer, got "
+               rf"{re.escape(repr(size))}: for a fraction of the dataset, pass e\.g\. "
+               r"int\(0\.1 \* len\(dataset\)\)")
+    with pytest.raises(TypeError, match=message):
+        split_train_validation(TensorDataset(torch.arange(100)), size)
+
+
+def test_a_numpy_integer_validation_size_is_accepted():
+    train, validation = split_train_validation(TensorDataset(torch.arange(100)), np.int64(20))
+    assert (len(train), len(validation)) == (80, 20)
+
+
+def test_cifar10_loaders_refuses_a_fraction_and_says_when_the_default_does_not_fit(tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.QUICK_ENV, "1")
+    make_tree(tmp_path, per_class=4)
+    with pytest.raises(TypeError, match=r"must be an integer, got 0\.1: .*int\(0\.1 \* len\(dataset\)\)"):
+        cifar10_loaders(8, validation_size=0.1, image_folder=tmp_path, num_workers=0)
+    message = (r"validation_size was not given, and its default in quick mode, 500, leaves no training "
+               r"images of the 40: pass a validation_size between 1 and 39")
+    with pytest.raises(ValueError, match=message):
+        cifar10_loaders(8, image_folder=tmp_path, num_workers=0)
+
+
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 12), height=st.integers(1, 5), batch_size=st.integers(1, 5), seed=st.integers(0, 99))
 def test_channel_mean_std_streamed_equals_torch_std_mean(n, height, batch_size, seed):
@@ -324,6 +365,15 @@ def test_channel_mean_std_wants_float_images():
         channel_mean_std(TensorDataset(torch.zeros(0, 3, 2, 2), torch.zeros(0)), num_workers=0)
 
 
+def test_channel_mean_std_refuses_channels_last_images():
+    with pytest.raises(ValueError, match=r"expected images \(C, H, W\) with C = 1 or 3 colour channels, got "
+                                         r"shape \(32, 32, 3\): for channels-last images \(H, W, C\), use "
+                                         r"image\.permute\(2, 0, 1\)"):
+        channel_mean_std(TensorDataset(torch.rand(4, 32, 32, 3), torch.zeros(4)), num_workers=0)
+    mean, std = channel_mean_std(TensorDataset(torch.rand(4, 1, 5, 5), torch.zeros(4)), num_workers=0)
+    assert mean.shape == std.shape == (1,)  # grey images have one channel
+
+
 def test_normalising_transform_computes_the_formula():
     image = Image.fromarray(np.arange(3 * 4 * 2, dtype=np.uint8).reshape(4, 2, 3) * 10)
     mean, std = torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.5, 0.25, 0.2])
@@ -339,6 +389,18 @@ def test_normalising_transform_computes_the_formula():
 def test_normalising_transform_rejects_bad_statistics(mean, std, message):
     with pytest.raises(ValueError, match=message):
         normalising_transform(mean, std)
+
+
+@pytest.mark.parametrize("mean, std", [([125.3, 123.0, 113.9], [63.0, 62.1, 66.7]),  # CIFAR-10's, in 0-255
+                                       ([0.49, 0.48, 0.45], [63.0, 62.1, 66.7]),
+                                       ([0.49, -0.1, 0.45], [0.25] * 3),
+                                       ([0.49, float("nan"), 0.45], [0.25] * 3)])
+def test_normalising_transform_rejects_statistics_not_of_pixels_scaled_to_0_1(mean, std):
+    message = (r"mean and std are statistics of pixels scaled to 0\.\.1 \(each mean in \[0, 1\], each std in "
+               r"\(0, 1\]\), got mean .*: for statistics of 0-255 pixels, divide them by 255")
+    with pytest.raises(ValueError, match=message):
+        normalising_transform(mean, std)
+    normalising_transform([0.0, 0.5, 1.0], [1.0, 0.5, 0.01])  # the limits are accepted
 
 
 def test_make_loader_pins_memory_only_for_cuda_and_caps_workers():

@@ -380,6 +380,38 @@ def test_every_option_reaches_the_config_and_epochs_must_be_at_least_1():
     assert (config.lr, config.seed, config.device, config.epochs) == (0.1, 3, "cpu", 1)
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--lr", "-1", "--lr must be a positive number, got -1.0: e.g. --lr 0.05"),
+    ("--lr", "0", "--lr must be a positive number, got 0.0"),
+    ("--lr", "nan", "--lr must be a positive number, got nan"),
+    ("--lr", "inf", "--lr must be a positive number, got inf"),
+    ("--seed", "-1", "--seed must be between 0 and 2**32 - 1, got -1: e.g. --seed 0"),
+    ("--seed", str(2**32), f"--seed must be between 0 and 2**32 - 1, got {2**32}"),
+    ("--epochs", "0", "--epochs must be at least 1"),
+    ("--batch-size", "0", "--batch-size must be at least 1"),
+    ("--num-images", "-5", "--num-images must be at least 1"),
+])
+def test_an_option_that_cannot_work_is_refused_by_the_parser_with_the_reason(option, value, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse_args([option, value])
+    assert raised.value.code == 2  # argparse's usage error
+    assert f"error: {message}" in capsys.readouterr().err
+
+
+def test_a_bad_option_stops_main_before_it_joins_a_process_group(monkeypatch, capsys):
+    joined = []
+    monkeypatch.setattr(distributed, "init_distributed", lambda device: joined.append(device))
+    with pytest.raises(SystemExit):
+        distributed.main(["--lr", "-1"])
+    assert joined == [] and "--lr must be a positive number" in capsys.readouterr().err
+
+
+def test_the_extreme_learning_rates_and_seeds_that_work_are_accepted():
+    for lr, seed in (("1e-8", "0"), ("10", str(2**32 - 1))):
+        _, config = parse_args(["--lr", lr, "--seed", seed])
+        assert (config.lr, config.seed) == (float(lr), int(seed))
+
+
 def test_the_remedies_for_too_few_images_fit_the_case():
     with pytest.raises(OptionError, match=re.escape("give each 1 per epoch, less than one batch of 2 (a smaller last "
                                                     "batch is dropped): use --batch-size 1 or less, or")):

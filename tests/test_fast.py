@@ -7,6 +7,7 @@ the steps that need CUDA are skipped with a reason rather than crashing.
 
 import logging
 import math
+import re
 import subprocess
 import sys
 import warnings
@@ -628,6 +629,16 @@ def test_a_dataset_with_a_transform_is_decoded_through_it():
     plain = StandInCIFAR10(8, seed=0)
     mirrored = StandInCIFAR10(8, seed=0, transform=lambda image: image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     assert torch.equal(dataset_to_tensors(mirrored, num_workers=0)[0], dataset_to_tensors(plain)[0].flip(3))
+
+
+@pytest.mark.parametrize("limit", [0, -1, 0.5, True])
+def test_a_limit_that_is_not_a_number_of_images_is_refused(limit):
+    images, labels = torch.zeros(20, 3, 2, 2), torch.arange(20)
+    with pytest.raises(ValueError, match=rf"limit is a number of images and must be None or an integer of at "
+                                         rf"least 1, got {re.escape(repr(limit))}: pass None to keep them all"):
+        random_subset(images, labels, limit, seed=0)
+    with pytest.raises(ValueError, match="train_limit is a number of images"):
+        cifar10_on_device("cpu", cifar=None, train_limit=limit)  # refused before any data is loaded
 
 
 def test_random_subset_is_random_seeded_and_paired():

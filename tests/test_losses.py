@@ -246,6 +246,9 @@ BAD_INPUT = [
     (lambda: losses.mean_squared_error(torch.tensor([1, 2]), torch.tensor([1, 3])),
      lambda: F.mse_loss(torch.tensor([1, 2]), torch.tensor([1, 3])),
      TypeError, "prediction must be a floating-point tensor, got torch.int64"),
+    (lambda: losses.mean_squared_error(P, torch.ones(2, dtype=torch.complex64)),
+     lambda: F.mse_loss(P, torch.ones(2, dtype=torch.complex64)),
+     TypeError, "target must be a real tensor, as in F.mse_loss, got torch.complex64: pass target.real"),
     (lambda: losses.binary_cross_entropy(torch.tensor([1.5, -0.1]), torch.ones(2)),
      lambda: F.binary_cross_entropy(torch.tensor([1.5, -0.1]), torch.ones(2)),
      ValueError, "probabilities must lie in [0, 1], but 2 of them do not (the first is 1.5): pass sigmoid(logits)"),
@@ -572,6 +575,17 @@ def test_the_labels_from_1_hint_is_given_only_when_no_label_is_0():
         losses.cross_entropy(SOME_LOGITS, torch.tensor([0, 1, 4]))
     assert "class targets must be integers in [0, 3]" in str(raised.value)
     assert "numbered from 1" not in str(raised.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int64])
+@pytest.mark.parametrize("prediction_dtype", [torch.float32, torch.float64])
+def test_mse_takes_bool_and_integer_targets_as_torch_does(dtype, prediction_dtype):
+    prediction = torch.tensor([0.2, -1.0, 3.5, 1.0], dtype=prediction_dtype)
+    target = torch.tensor([1, 0, 1, 1]).to(dtype)
+    for reduction in losses.REDUCTIONS:
+        got, _ = assert_same_value_and_gradient(losses.mean_squared_error, F.mse_loss, prediction, target,
+                                                reduction=reduction)
+        assert got.dtype == prediction_dtype
 
 
 def test_the_squeeze_hint_is_given_only_for_a_trailing_dimension_of_one():

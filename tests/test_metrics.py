@@ -494,6 +494,28 @@ def test_classification_report_wants_one_name_per_class():
         classification_report(torch.tensor(CONFUSION), ["cat", "dog"])
 
 
+def test_classification_report_wants_the_names_not_the_indices_of_the_classes():
+    with pytest.raises(TypeError, match=r"class names must be strings, got 0 \(int\): pass the names of the "
+                                        r"classes \(e.g. loaders.classes\), not their indices"):
+        classification_report(torch.tensor(CONFUSION), [0, 1, 2])
+    with pytest.raises(TypeError, match="class names must be strings, got 0 "):  # a dict gives its keys
+        classification_report(torch.tensor(CONFUSION), {0: "cat", 1: "dog", 2: "frog"})
+
+
+def test_classification_report_refuses_a_string_or_a_number_for_the_list_of_names():
+    with pytest.raises(TypeError, match="classes must be a list of class names, got the string 'cdf': pass a "
+                                        "list of 3 names"):
+        classification_report(torch.tensor(CONFUSION), "cdf")
+    with pytest.raises(TypeError, match="classes must be a list of class names, got int: pass a list of 3 names"):
+        classification_report(torch.tensor(CONFUSION), 3)
+
+
+def test_classification_report_takes_any_sequence_of_names():
+    as_list = classification_report(torch.tensor(CONFUSION), ["cat", "dog", "frog"])
+    assert classification_report(torch.tensor(CONFUSION), ("cat", "dog", "frog")) == as_list
+    assert classification_report(torch.tensor(CONFUSION), np.array(["cat", "dog", "frog"])) == as_list
+
+
 def test_collect_predictions_leaves_a_model_in_eval_mode_in_eval_mode():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
     loader = DataLoader(TensorDataset(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])), batch_size=2)

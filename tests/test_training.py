@@ -399,7 +399,9 @@ def test_a_crash_while_saving_keeps_the_last_good_checkpoint(saved, monkeypatch)
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", crashing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match=rf"could not write the checkpoint {re.escape(str(path))} \(OSError: No "
+                                              rf"space left on device\); the previous checkpoint there, if any, is "
+                                              rf"unchanged"):
         save_checkpoint(path, model, optimizer, epoch=5)
     assert path.read_bytes() == good
     assert os.listdir(path.parent) == ["last.pt"]  # no partial file left behind
@@ -1004,7 +1006,7 @@ def test_a_nan_loss_in_the_first_epoch_says_whether_the_weights_are_spoilt_and_t
             torch.optim.SGD(model.parameters(), lr=0.01), CPU, 2, checkpoint_path=tmp_path / "first.pt",
             verbose=False)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert str(error.value).endswith("The model in memory has taken steps on that loss: create it again and start "
+    assert str(error.value).endswith("The model in memory has taken this epoch's steps: create it again and start "
                                      "over with a lower learning rate")  # no checkpoint "after epoch 0"
 
 
@@ -1014,3 +1016,122 @@ def test_finishing_a_terminal_bar_closes_it():
     bar.update()
     bar.finish()
     assert bar._tqdm.disable  # closed: tqdm has wiped its line (leave=False)
+
+
+# --- Mistakes a learner makes with fit and save_checkpoint ------------------------------------------
+
+
+def test_an_optimizer_of_another_model_is_refused(standin):
+    # Running a notebook's model cell again after the optimizer's: the loop would train nothing.
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(SmallCNN().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"the optimizer holds none of the model's parameters, so training would "
+                                         r"not change the model .*create the optimizer again from this model"):
+        fit(model, make_loader(standin[0], 64, shuffle=False, num_workers=0), None, nn.CrossEntropyLoss(), optimizer, CPU, 1,
+            verbose=False)
+    # An optimizer of part of the model (fine-tuning the last layer) is fine.
+    train_one_epoch(model, make_loader(standin[0], 64, shuffle=False, num_workers=0), nn.CrossEntropyLoss(),
+                    torch.optim.SGD(list(model.parameters())[-2:], lr=0.1), CPU, progress=False)
+
+
+@pytest.mark.parametrize("loss_fn, error, message", [
+    (nn.CrossEntropyLoss, TypeError, r"loss_fn is the class CrossEntropyLoss, not a loss: pass an instance, "
+                                     r"CrossEntropyLoss\(\)"),
+    (nn.CrossEntropyLoss(reduction="sum"), ValueError, r"loss_fn has reduction='sum', but the loop needs each "
+                                                       r"batch's mean loss: create it with reduction='mean'"),
+])
+def test_a_loss_that_is_not_the_batchs_mean_is_refused(standin, loss_fn, error, message):
+    model = SmallCNN()
+    loader = make_loader(standin[0], 64, shuffle=False, num_workers=0)
+    with pytest.raises(error, match=message):
+        train_one_epoch(model, loader, loss_fn, torch.optim.SGD(model.parameters(), lr=0.1), CPU, progress=False)
+    with pytest.raises(error, match=message):
+        evaluate(model, loader, loss_fn, CPU)
+
+
+def test_numpy_numbers_in_the_settings_and_history_are_saved_as_plain_numbers(tmp_path):
+    np = pytest.importorskip("numpy")
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=np.logspace(-3, -1, 3)[0])  # a learning-rate sweep
+    path = tmp_path / "np.pt"
+    save_checkpoint(path, model, optimizer, 1, history={"train_loss": [np.float64(2.3)]})
+    state = load_checkpoint(path, model, torch.optim.SGD(model.parameters(), lr=0.001), restore_rng=False)
+    assert state["history"]["train_loss"] == [2.3] and type(state["history"]["train_loss"][0]) is float
+
+
+def test_a_checkpoint_that_could_not_be_loaded_is_not_written(saved):
+    path, model, optimizer = saved
+    good = path.read_bytes()
+    with pytest.raises(CheckpointError, match=r"last.pt was not written: the checkpoint would hold Python objects "
+                                              r"that weights_only loading refuses \(.*PosixPath.*\): keep the "
+                                              r"history .* to numbers, strings, lists, dicts and tensors"):
+        save_checkpoint(path, model, optimizer, 5, history={"data": path.parent})
+    assert path.read_bytes() == good and os.listdir(path.parent) == ["last.pt"]
+
+
+def test_swapped_arguments_to_save_checkpoint_are_refused(saved):
+    path, model, optimizer = saved
+    good = path.read_bytes()
+    with pytest.raises(TypeError, match=r"the model and the optimizer are swapped: call save_checkpoint\(path, "
+                                        r"model, optimizer, epoch\)"):
+        save_checkpoint(path, optimizer, model, 5)
+    with pytest.raises(TypeError, match=r"needs an nn.Module and a torch.optim optimizer, got an OrderedDict and an Adam"):
+        save_checkpoint(path, model.state_dict(), optimizer, 5)
+    assert path.read_bytes() == good
+
+
+def test_a_step_that_diverges_at_the_end_of_an_epoch_does_not_replace_the_last_checkpoint(standin, tmp_path):
+    # The training loss is measured before each step, so it stays finite when the epoch's last
+    # step blows the weights up; the validation loss and the weights show it.
+    checkpoint = tmp_path / "run.pt"
+    train = make_loader(Subset(standin[0], range(64)), 64, shuffle=False, num_workers=0)  # one batch per epoch
+    validation = make_loader(standin[1], 64, shuffle=False, num_workers=0)
+    seed_everything(0)
+    model = SmallCNN()
+    fit(model, train, validation, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1), CPU, 1,
+        checkpoint_path=checkpoint, verbose=False)
+    good = checkpoint.read_bytes()
+    with pytest.raises(FloatingPointError, match=r"(the weights became NaN or infinite|the validation loss became "
+                                                 r"(nan|inf)) by the end of epoch 2, and its checkpoint was not "
+                                                 r"written: lower the learning rate.*run.pt holds the run after "
+                                                 r"epoch 1"):
+        fit(model, train, validation, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=1e30), CPU, 3,
+            checkpoint_path=checkpoint, resume=True, new_settings=True, verbose=False)
+    assert checkpoint.read_bytes() == good
+
+
+@pytest.mark.parametrize("saved_settings, given_settings, message", [
+    (dict(amsgrad=False), dict(amsgrad=True), "amsgrad=False, but the optimizer given has amsgrad=True"),
+    (dict(centered=False), dict(centered=True), "centered=False, but the optimizer given has centered=True"),
+    (dict(momentum=0.0), dict(momentum=0.9), "momentum=0.0, but the optimizer given has momentum=0.9"),
+])
+def test_new_settings_cannot_add_state_the_run_never_kept(standin, tmp_path, saved_settings, given_settings,
+                                                           message):
+    # Adam's amsgrad keeps a running maximum, RMSprop's centered a mean gradient and its momentum
+    # a buffer: from a checkpoint without them, the first step would fail on a missing key.
+    kind = torch.optim.Adam if "amsgrad" in saved_settings else torch.optim.RMSprop
+    checkpoint = tmp_path / "run.pt"
+    _fit_slice(standin, 1, checkpoint, lambda p: kind(p, lr=1e-3, **saved_settings))
+    with pytest.raises(CheckpointError, match=rf"{message}, which new_settings=True cannot change: .*Resume with "
+                                              rf"{message.split(',')[0]}, or start a new run"):
+        _fit_slice(standin, 2, checkpoint, lambda p: kind(p, lr=1e-3, **given_settings), resume=True,
+                   new_settings=True)
+    # The settings that keep the same state still change.
+    _fit_slice(standin, 2, checkpoint, lambda p: kind(p, lr=1e-4, **saved_settings), resume=True,
+               new_settings=True)
+
+
+def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(standin, tmp_path):
+    for path in (tmp_path, f"{tmp_path}/new/"):
+        with pytest.raises(ValueError, match=rf"checkpoint_path {re.escape(str(path))} is a folder: give a file in "
+                                             rf"it, such as .*last.pt"):
+            _fit_slice(standin, 1, path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_resuming_from_a_path_with_no_checkpoint_says_it_starts_a_new_run(standin, tmp_path, capsys):
+    model = SmallCNN()
+    fit(model, make_loader(Subset(standin[0], range(64)), 64, shuffle=False, num_workers=0), None, nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1), CPU, 1, checkpoint_path=tmp_path / "typo.pt", resume=True,
+        progress=False)
+    assert capsys.readouterr().out.startswith(f"no checkpoint at {tmp_path / 'typo.pt'} yet: starting a new run\n")
