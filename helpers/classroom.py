@@ -18,14 +18,15 @@ runs longer is interrupted and the run goes on), in quick mode unless told other
 learner's cells it runs cells of its own, one per exercise of the notebook's chapter, that check
 the function the exercise asks for (``Exercise.function``); only their verdicts count, read from
 the file that ``COURSE_GRADING_LOG`` names (see helpers.exercises). It writes ``grades.csv`` and
-``grades.md`` (a table, then the messages of every check that did not pass) and the executed
-notebooks.
+``grades.md`` (a table, then the messages of every check that did not pass), ``feedback/`` (one
+page per submission, for its author) and the executed notebooks.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import codecs
 import copy
 import csv
 import json
@@ -33,6 +34,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -59,6 +61,7 @@ _MARKS = {PASSED: "✅", FAILED: "❌", NOT_DONE: "⏳", CHECK_ERROR: "⚠️ ch
 # kernel that does not stop by then is ended, with the rest of its notebook.
 INTERRUPT_GRACE = 10
 _TIMEOUT_ERROR = "CellTimedOut"  # the error nbclient records for a cell it interrupted
+_ZIP_START = b"PK\x03\x04"  # how a zip archive begins
 
 
 # --- Which cells are exercise cells ----------------------------------------------------------
@@ -238,6 +241,17 @@ def expected_exercises(names: list[str], filename: str = "") -> list[str]:
     return [e for e in EXERCISES if chapter_of(e) in its_chapters]
 
 
+def _another_chapter(checked: list[str], filename: str) -> str:
+    """A note when a notebook named like one chapter checks only another chapter's exercises (the
+    wrong file submitted under a chapter's name), or ""."""
+    stem = Path(filename).stem
+    others = sorted({chapter_of(n) for n in checked if n in EXERCISES} - {stem})
+    if not others or stem not in {chapter_of(e) for e in EXERCISES} or any(chapter_of(n) == stem for n in checked):
+        return ""
+    return (f"this notebook checks exercises of {' and '.join(others)}, not of {stem}, whose name it has: "
+            f"was the wrong file submitted?")
+
+
 def grader_cell(exercise: str, function: str):
     """The cell that grading runs after a learner's cells to check ``function`` for ``exercise``."""
     return nbformat.v4.new_code_cell(
@@ -260,20 +274,44 @@ def _errors(cell) -> list:
 
 
 def _read_submission(path: Path):
-    """The notebook in ``path``, or ``_NotANotebook`` saying why it is not one."""
+    """The notebook in ``path``, or ``_NotANotebook`` saying why it is not one and what to do."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:  # not text, or not JSON: nbformat's own error below says which
-        data = None
+        raw = path.read_bytes()
+    except OSError as error:  # a folder named like a notebook, a file without read permission
+        raise _NotANotebook(f"could not be read ({type(error).__name__}: {error.strerror or error})") from None
+    if raw.startswith(_ZIP_START):
+        raise _NotANotebook("not a notebook but a zip archive: unzip it, and grade the notebooks inside")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise _NotANotebook("a notebook saved as UTF-16 text, not as the UTF-8 that Jupyter writes: save "
+                            "it again from Jupyter, or ask for the file again")
+    try:
+        text = raw.decode("utf-8-sig")
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        raise _NotANotebook("not a notebook: not text at all (a binary file renamed .ipynb?): ask for "
+                            "the notebook again") from None
+    except json.JSONDecodeError as error:
+        # The text ends where more JSON was due, or inside a string that never closes.
+        if not text[error.pos:].strip() or error.msg.startswith("Unterminated string"):
+            raise _NotANotebook("a notebook cut short: its text stops in the middle (an upload or a copy "
+                                "that did not finish): ask for the file again") from None
+        data = None  # not JSON: nbformat's own error below says where
     if data is not None and not isinstance(data, dict):
         kind = {list: "a list", str: "a string"}.get(type(data), "a single value")
         raise _NotANotebook(f"not a notebook (its JSON is {kind}, not a notebook's object)")
     if data is not None and "nbformat" not in data:
         raise _NotANotebook("not a notebook (a JSON object without a notebook's `nbformat` field)")
     try:
-        return nbformat.read(path, as_version=4)
+        nb = nbformat.read(path, as_version=4)
     except Exception as error:  # not JSON, or not a valid notebook
         raise _NotANotebook(f"not a valid notebook ({type(error).__name__}: {_first_line(error)})") from error
+    cells = nb.get("cells")
+    if not isinstance(cells, list) or not all(
+            isinstance(cell, dict) and cell.get("cell_type") in ("code", "markdown", "raw")
+            and isinstance(cell.get("source"), str) for cell in cells):
+        raise _NotANotebook("not a valid notebook (its `cells` are not a list of cells, each with its "
+                            "text): ask for the notebook again, as Jupyter saved it")
+    return nb
 
 
 def _not_defined(function: str, cells: list) -> str:
@@ -346,10 +384,12 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
         submission.outcome = str(error)
         submission.expected = expected_exercises([], path.name)
         return submission
-    submission.expected = expected_exercises([n for c in nb.cells for n in checked_exercises(c)], path.name)
+    checked = [n for c in nb.cells for n in checked_exercises(c)]
+    submission.expected = expected_exercises(checked, path.name)
     if not submission.expected:
         submission.outcome = NO_EXERCISE
         return submission
+    wrong_file = _another_chapter(checked, path.name)
 
     learner_cells = list(nb.cells)
     graders = {}  # the index of a grader's cell -> the exercise it checks
@@ -425,6 +465,8 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
                 i, out = errors[0]
                 more = f" (and {len(errors) - 1} more cells)" if len(errors) > 1 else ""
                 outcome.append(f"raised {out.ename} in cell {i + 1}: {_first_line(out.evalue)}{more}")
+        if wrong_file:
+            outcome.insert(0, wrong_file)
         submission.outcome = "; ".join(outcome) or "ran"
         # Each grader's cell runs after the one before it: the verdicts logged from its start to
         # the next one's start are its own. The learner's cells' verdicts are ignored.
@@ -446,16 +488,39 @@ def _say(line: str) -> None:
     print(line, flush=True)  # at once, even into a pipe: grading a folder takes minutes
 
 
+def _is_notebook_name(path: Path) -> bool:
+    return path.suffix.lower() == ".ipynb"  # "dynamic_graph.IPYNB" too
+
+
+def _left_out(path: Path, folder: Path) -> bool:
+    """Jupyter's checkpoints, and the files macOS adds to an archive (``__MACOSX/``, ``._*``)."""
+    return bool({".ipynb_checkpoints", "__MACOSX"} & set(path.relative_to(folder).parts)) or path.name.startswith("._")
+
+
 def submissions_in(folder: Path, report: Path) -> list[Path]:
     """The notebooks under ``folder`` to grade: not Jupyter's checkpoints, not the files macOS
-    adds to an archive (``__MACOSX/``, ``._*``), and not the report of an earlier run when the
-    report folder is inside ``folder``."""
-    report = report.resolve()
-    report_inside = report.is_relative_to(folder.resolve())
-    return sorted(p for p in folder.rglob("*.ipynb")
-                  if not {".ipynb_checkpoints", "__MACOSX"} & set(p.relative_to(folder).parts)
-                  and not p.name.startswith("._")
-                  and not (report_inside and p.resolve().is_relative_to(report)))
+    adds to an archive (``__MACOSX/``, ``._*``), and not the executed notebooks of an earlier
+    report (``executed/`` in the report folder) when the report folder is inside ``folder``."""
+    executed = (report / "executed").resolve()
+    return sorted(p for p in folder.rglob("*")
+                  if _is_notebook_name(p) and not _left_out(p, folder) and not p.resolve().is_relative_to(executed))
+
+
+def not_graded(folder: Path, report: Path) -> list[str]:
+    """Files under ``folder`` that look like submissions but are not graded: a notebook renamed
+    ``.ipynb.txt`` or ``.json``, a zip archive. Each with what to do."""
+    executed = (report / "executed").resolve()
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or _left_out(path, folder) or path.resolve().is_relative_to(executed):
+            continue
+        name = path.relative_to(folder).as_posix()
+        lower = path.name.lower()
+        if ".ipynb" in lower and not _is_notebook_name(path):
+            found.append(f"{name}: not named .ipynb: rename it to end in .ipynb to grade it")
+        elif lower.endswith(".zip"):
+            found.append(f"{name}: a zip archive: unzip it into the folder to grade the notebooks inside")
+    return found
 
 
 def grade(folder: Path, report: Path, timeout: float = DEFAULT_TIMEOUT, quick: bool = True,
@@ -473,19 +538,54 @@ def grade(folder: Path, report: Path, timeout: float = DEFAULT_TIMEOUT, quick: b
     paths = submissions_in(folder, report)
     if not paths:
         raise CannotGrade(f"there are no .ipynb files under {folder}")
+    inside_report = [p for p in paths if p.resolve().is_relative_to(report.resolve())]
+    if inside_report:  # its executed/ would be rewritten, among a student's files
+        raise CannotGrade(f"the report folder {report} holds submitted notebooks "
+                          f"({inside_report[0].relative_to(folder).as_posix()}): give --report a folder of "
+                          f"its own, such as one next to the submissions folder")
     report.mkdir(parents=True, exist_ok=True)
+    # The executed notebooks and the feedback of an earlier run would stand beside this run's
+    # grades as if they were of it: they are written anew.
+    for earlier in ("executed", "feedback"):
+        shutil.rmtree(report / earlier, ignore_errors=True)
+    skipped = not_graded(folder, report)
+    for line in skipped:
+        progress(f"not graded: {line}")
     submissions = []
     for path in paths:
         name = path.relative_to(folder).as_posix()
-        submission = grade_notebook(path, timeout, quick, report / "executed", name)
+        try:
+            submission = grade_notebook(path, timeout, quick, report / "executed", name)
+        except Exception as error:  # one submission's problem must not stop the batch
+            submission = Submission(name, f"could not be graded ({type(error).__name__}: {_first_line(error)}): "
+                                          f"look at the file, and grade it alone to see more",
+                                    expected_exercises([], path.name))
         progress(f"{name}: {submission.passed} of {len(submission.expected)} passed; {submission.outcome}")
         submissions.append(submission)
-    write_report(submissions, report)
+    _mark_same_chapter_twice(submissions)
+    write_report(submissions, report, skipped)
     return submissions
 
 
-def write_report(submissions: list[Submission], report: Path) -> None:
-    """``grades.csv`` (one row per submission, one column per exercise) and ``grades.md``."""
+def _mark_same_chapter_twice(submissions: list[Submission]) -> None:
+    """Say, in the outcome, when one folder holds two submissions of one chapter (``dynamic_graph.ipynb``
+    and ``dynamic_graph (1).ipynb``): which one counts is the instructor's call."""
+    groups: dict[tuple[str, tuple[str, ...]], list[Submission]] = {}
+    for s in submissions:
+        if s.expected:
+            chapters = tuple(sorted({chapter_of(e) for e in s.expected}))
+            groups.setdefault((str(Path(s.name).parent), chapters), []).append(s)
+    for group in groups.values():
+        for s in group if len(group) > 1 else []:
+            others = ", ".join(o.name for o in group if o is not s)
+            note = f"the same folder holds another notebook of this chapter ({others}): which one counts?"
+            s.outcome = note if s.outcome == "ran" else f"{s.outcome}; {note}"
+
+
+def write_report(submissions: list[Submission], report: Path, not_graded: list[str] = ()) -> None:
+    """``grades.csv`` (one row per submission, one column per exercise), ``grades.md`` (the table,
+    what did not pass, and the files not graded), and ``feedback/``: one page per submission, for
+    its author alone."""
     exercises = [e for e in EXERCISES if any(e in s.expected for s in submissions)]
     with open(report / "grades.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -493,30 +593,54 @@ def write_report(submissions: list[Submission], report: Path) -> None:
         for s in submissions:
             writer.writerow([s.name, s.outcome, s.passed, len(s.expected), *(s.status(e) for e in exercises)])
 
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
+    lines = ["# Grades", "", f"Submissions: {len(submissions)}. {_LEGEND}", "",
+             *_table(submissions, exercises)]
+    details = []
+    for s in submissions:
+        notes = _notes(s)
+        if notes:
+            details += [f"### {_cell(s.name)}", "", *notes, ""]
+    lines += ["", "## What did not pass", "", *(details or ["Everything passed."])]
+    if not_graded:
+        lines += ["", "## Files not graded", "", *(f"- {_cell(line)}" for line in not_graded)]
+    (report / "grades.md").write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    for s in submissions:  # each learner's own page: their row and messages, nobody else's
+        page = report / "feedback" / Path(s.name).with_suffix(".md")
+        page.parent.mkdir(parents=True, exist_ok=True)
+        own = [e for e in exercises if e in s.expected]
+        text = [f"# {_cell(s.name)}", "", _LEGEND, "", *_table([s], own), "", *(_notes(s) or ["Everything passed."])]
+        page.write_text("\n".join(text).rstrip() + "\n", encoding="utf-8")
 
-    lines = ["# Grades", "",
-             f"Submissions: {len(submissions)}. ✅ passed, ❌ failed, ⏳ not done (starter code), "
-             "⌛ timed out (the check was interrupted), ⚠️ check error (a bug of the check itself, "
-             "not of the answer), 'not run': no verdict (the grader's own check, run after the "
-             "notebook's cells, did not run or gave none). Only the grader's checks count.", "",
-             "| submission | outcome | passed | " + " | ".join(f"`{e}`" for e in exercises) + " |",
+
+_LEGEND = ("✅ passed, ❌ failed, ⏳ not done (starter code), ⌛ timed out (the check was interrupted), "
+           "⚠️ check error (a bug of the check itself, not of the answer), 'not run': no verdict (the "
+           "grader's own check, run after the notebook's cells, did not run or gave none). Only the "
+           "grader's checks count.")
+
+
+def _cell(text: str) -> str:
+    """``text`` for a cell of a Markdown table, or a line of a list."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(submissions: list[Submission], exercises: list[str]) -> list[str]:
+    lines = ["| submission | outcome | passed | " + " | ".join(f"`{e}`" for e in exercises) + " |",
              "|---|---|---|" + "---|" * len(exercises)]
     for s in submissions:
         marks = [_MARKS.get(s.status(e), s.status(e)) for e in exercises]
-        lines.append(f"| {cell(s.name)} | {cell(s.outcome)} | {s.passed} of {len(s.expected)} | "
+        lines.append(f"| {_cell(s.name)} | {_cell(s.outcome)} | {s.passed} of {len(s.expected)} | "
                      + " | ".join(marks) + " |")
-    details = []
-    for s in submissions:
-        notes = [f"- `{e}`: {cell(s.verdicts[e]['message'])}" if e in s.verdicts else f"- `{e}`: not run"
-                 for e in s.expected if s.status(e) != PASSED]
-        if s.outcome != "ran":
-            notes.insert(0, f"- outcome: {cell(s.outcome)}")
-        if notes:
-            details += [f"### {cell(s.name)}", "", *notes, ""]
-    lines += ["", "## What did not pass", "", *(details or ["Everything passed."])]
-    (report / "grades.md").write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return lines
+
+
+def _notes(s: Submission) -> list[str]:
+    """The outcome, when the notebook did not simply run, and the message of every check that did
+    not pass."""
+    notes = [f"- `{e}`: {_cell(s.verdicts[e]['message'])}" if e in s.verdicts else f"- `{e}`: not run"
+             for e in s.expected if s.status(e) != PASSED]
+    if s.outcome != "ran":
+        notes.insert(0, f"- outcome: {_cell(s.outcome)}")
+    return notes
 
 
 # --- The instructor guide's table of exercises -----------------------------------------------

@@ -316,7 +316,20 @@ def _first_mismatch(answer: Callable, cases: list[Case], expected: Callable,
             except Exception:  # a mistake-finder that cannot read this answer explains nothing
                 explanation = ""
             return case, str(mismatch), explanation
+        except Exception as error:  # a result compare cannot read: sparse, meta, an int too big for a float
+            return case, (f"the answer returned {_kind(got)}, which cannot be compared with the expected "
+                          f"result, {_kind(want)} ({_described(error)}): return {_kind(want)}"), ""
     return None
+
+
+def _kind(value: Any) -> str:
+    """What sort of thing ``value`` is, for a result that could not be compared: "a dense tensor
+    of dtype torch.float32 on cpu", "an int"."""
+    if isinstance(value, torch.Tensor):
+        layout = "dense" if value.layout == torch.strided else str(value.layout).removeprefix("torch.")
+        return f"a {layout} tensor of dtype {value.dtype} on {value.device}"
+    name = type(value).__name__
+    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
 
 
 def hidden_failure(answer: Callable, hidden: HiddenCases, seed: int = HIDDEN_SEED) -> str | None:
@@ -397,25 +410,35 @@ def judge_answer(name: str, answer: Callable) -> Verdict:
     if not callable(answer):
         verdict = Verdict(name, FAILED, f"expected a function, got {type(answer).__name__}")
     else:
-        try:
-            if exercise.judge is not None:
-                failure = exercise.judge(answer)
-                verdict = Verdict(name, PASSED, "passed") if failure is None else Verdict(name, FAILED, failure)
-            else:
-                verdict = _judge_cases(exercise, answer)
-            if verdict.status == PASSED and exercise.hidden is not None:
-                failure = hidden_failure(answer, exercise.hidden)
-                if failure is not None:
-                    verdict = Verdict(name, FAILED, failure)
-        except _AnswerFailed as failure:
-            verdict = Verdict(name, FAILED, str(failure))
-        except Exception as error:
-            if isinstance(error, NotImplementedError) and _is_unfinished(error):  # starter code
-                verdict = Verdict(name, NOT_DONE, f"not done yet. Hint: {exercise.hint}")
-            elif _raised_in_answer(error):  # a judge that runs the answer saw it raise
-                verdict = Verdict(name, FAILED, f"the answer raised {_described(error)}")
-            else:  # the check's own code failed: never blame the learner for it
-                verdict = Verdict(name, CHECK_ERROR, _check_error_message(error))
+        # The learner's notebook may have turned gradients off (torch.set_grad_enabled(False) for
+        # inference, say): a check computes gradients, and must judge the answer alike anywhere.
+        with torch.enable_grad():
+            verdict = _judged(exercise, answer)
+    return verdict
+
+
+def _judged(exercise: Exercise, answer: Callable) -> Verdict:
+    """``judge_answer``'s verdict on a callable ``answer``."""
+    name = exercise.name
+    try:
+        if exercise.judge is not None:
+            failure = exercise.judge(answer)
+            verdict = Verdict(name, PASSED, "passed") if failure is None else Verdict(name, FAILED, failure)
+        else:
+            verdict = _judge_cases(exercise, answer)
+        if verdict.status == PASSED and exercise.hidden is not None:
+            failure = hidden_failure(answer, exercise.hidden)
+            if failure is not None:
+                verdict = Verdict(name, FAILED, failure)
+    except _AnswerFailed as failure:
+        verdict = Verdict(name, FAILED, str(failure))
+    except Exception as error:
+        if isinstance(error, NotImplementedError) and _is_unfinished(error):  # starter code
+            verdict = Verdict(name, NOT_DONE, f"not done yet. Hint: {exercise.hint}")
+        elif _raised_in_answer(error):  # a judge that runs the answer saw it raise
+            verdict = Verdict(name, FAILED, f"the answer raised {_described(error)}")
+        else:  # the check's own code failed: never blame the learner for it
+            verdict = Verdict(name, CHECK_ERROR, _check_error_message(error))
     return verdict
 
 
@@ -775,6 +798,37 @@ def _losses_true_ce(logits: torch.Tensor, targets: torch.Tensor, ignore_index: i
     return torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index)
 
 
+def _losses_ce_gradient(answer: Callable) -> str | None:
+    """Once the values are right: is the gradient finite, (softmax - one-hot) / (examples kept) on
+    the kept rows and 0 on the padding, even when a padding row's logits are inf?"""
+    values, labels = [[0.5, 2.0, -1.0], [float("inf"), 0.0, 0.0], [1.0, 1.0, 3.0]], [1, -100, 2]
+    logits, targets = torch.tensor(values, requires_grad=True), torch.tensor(labels)
+    described = f"logits {values} that require a gradient and targets {labels}"
+    loss = call_answer(answer, described, logits, targets)
+    if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
+        return ("the values are right, but the result is not connected to the logits' graph "
+                "(was .item(), .detach() or a new torch.tensor(...) used?), so no gradient "
+                "can flow back through it")
+    loss.backward()
+    kept = targets != -100
+    want = torch.zeros_like(logits)
+    want[kept] = (torch.softmax(logits.detach()[kept], -1)
+                  - torch.nn.functional.one_hot(targets[kept], 3)) / kept.sum()
+    if logits.grad is not None and torch.allclose(logits.grad, want, atol=1e-6, rtol=1e-5):
+        return None
+    def rounded(t):
+        return [[round(x, 4) for x in row] for row in t.tolist()]
+    got = None if logits.grad is None else rounded(logits.grad)
+    advice = ""
+    if logits.grad is not None and not torch.isfinite(logits.grad).all():
+        advice = (": the padding row's logits reach some arithmetic (a softmax of inf is NaN), and "
+                  "its NaN gradient would reach a model's weights. Index the kept rows out of "
+                  "the logits first, and compute the log-probabilities of those alone")
+    return (f"the values are right, but on {described} the gradient with respect to the logits "
+            f"is {got}, not (softmax - one-hot) / 2 on the kept rows and 0 on the padding row, "
+            f"{rounded(want)}{advice}")
+
+
 _LOSSES_CE_MISTAKES = [
     (_losses_padding_not_finite,
      "A left-out example's loss is inf or NaN here, and multiplying it by a mask of 0 still "
@@ -814,7 +868,7 @@ register(Exercise(
     hint="combine the sections \"Cross-entropy\" (one log-probability per row) and \"Reductions "
          "and the gradient's scale\" (leaving examples out of the mean); a target of -100 cannot "
          "pick a log-probability.",
-    judge=_losses_judge(_losses_ce_cases, _losses_true_ce, _LOSSES_CE_MISTAKES),
+    judge=_losses_judge(_losses_ce_cases, _losses_true_ce, _LOSSES_CE_MISTAKES, then=_losses_ce_gradient),
     hidden=_losses_hidden(_losses_hidden_ce, _losses_true_ce, _LOSSES_CE_MISTAKES,
                           "any logits and targets, whatever ignore_index is"),
 ))
@@ -945,6 +999,12 @@ def _momentum_damped_from_the_start(param, grad, buffer, lr, momentum, dampening
     return param - lr * (grad + momentum * b if nesterov else b), b
 
 
+def _momentum_first_step_without_nesterov(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
+    if buffer is None:
+        return param - lr * grad, grad.clone()
+    return _torch_momentum_step(param, grad, buffer, lr, momentum, dampening, nesterov)
+
+
 def _momentum_without_nesterov(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
     b = grad.clone() if buffer is None else momentum * buffer + (1 - dampening) * grad
     return param - lr * b, b
@@ -960,6 +1020,7 @@ def _momentum_cases() -> list[Case]:
         Case((param, grad, None, 0.1, 0.9, 0.5), "the first step with dampening=0.5"),
         Case((param, grad, buffer, 0.05, 0.8, 0.5), "a later step with dampening=0.5"),
         Case((param, grad, buffer, 0.1, 0.9), "a later step with nesterov=True", dict(nesterov=True)),
+        Case((param, grad, None, 0.1, 0.9), "the first step with nesterov=True", dict(nesterov=True)),
     ]
 
 
@@ -971,6 +1032,9 @@ _MOMENTUM_SLIPS = [
     (_momentum_damped_from_the_start,
      "The first step dampens the gradient; PyTorch starts the buffer at the gradient itself, "
      "b <- g, and dampens only later steps."),
+    (_momentum_first_step_without_nesterov,
+     "The first step ignores nesterov=True: with Nesterov it too moves by lr * (g + momentum * b), "
+     "with b = g, that is by lr * (1 + momentum) * g."),
     (_momentum_without_nesterov,
      "nesterov=True is ignored: with Nesterov the step is lr * (g + momentum * b), not lr * b."),
 ]
@@ -1013,9 +1077,14 @@ def _judge_learning_rate(answer) -> str | None:
             return (f"for a={a}, b={b}, lr={lr:g} does not converge: each step multiplies {worst} by "
                     f"1 - lr * {a if worst == 'x' else b} = {factors[worst]:.3g}, whose size is not below 1. "
                     f"Keep lr below 2 / {max(a, b)} = {2 / max(a, b):.3g} (2 over the largest curvature).")
+        if factors[worst] < 0:  # the steep coordinate overshoots: the rate is too close to the limit
+            advice = (f"It overshoots the minimum at every step: a smaller rate does better, one that "
+                      f"balances this factor against the other coordinate's.")
+        else:
+            advice = f"A larger rate, still below 2 / {max(a, b)}, does better."
         return (f"for a={a}, b={b}, lr={lr:g} converges but too slowly: after {steps} steps {worst} is "
                 f"still {xy.detach()[0 if worst == 'x' else 1].item():.3g}, because each step multiplies "
-                f"it by {factors[worst]:.3g}. A larger rate, still below 2 / {max(a, b)}, does better.")
+                f"it by {factors[worst]:.3g}. {advice}")
     return None
 
 
@@ -1023,7 +1092,8 @@ register(Exercise(
     name="optimizers.learning_rate",
     function="converging_learning_rate",
     title="Pick a learning rate that converges on the quadratic",
-    practises="the stability limit lr < 2 / (largest curvature) and the speed set by the smallest",
+    practises="the stability limit lr < 2 / (largest curvature), and the speed set by the "
+              "largest factor |1 - lr * curvature|",
     minutes=15,
     hint="the section \"Gradient descent, as the article writes it\": a step multiplies each "
          "coordinate's distance to the minimum by its own factor. Find the rates for which both "
@@ -1431,8 +1501,12 @@ def _judge_train_step(answer: Callable) -> str | None:
         with torch.no_grad():
             for p, g in zip(reference.parameters(), grads):
                 p -= 0.1 * g
-        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            loss = loss.item()
+        if isinstance(loss, torch.Tensor):
+            # A tensor that requires a gradient keeps the step's whole graph alive: a list of them
+            # (a loss curve) holds every step's activations. The chapter says to use .item().
+            held = " that holds the step's graph (grad_fn set)" if loss.grad_fn is not None else ""
+            return (f"train_step returned the loss as a tensor{held}: return loss.item(), a Python "
+                    f"number, so that storing the losses keeps no tensors (and no graphs) alive")
         if isinstance(loss, bool) or not isinstance(loss, (int, float)):
             return f"train_step should return the loss as a number (loss.item()), got {type(loss).__name__}"
         if not math.isclose(loss, expected_loss.item(), rel_tol=1e-5, abs_tol=1e-6):

@@ -30,8 +30,10 @@ import pytest
 from nbclient import NotebookClient
 
 from helpers import exercises
+from helpers import classroom
 from helpers.classroom import (DEFAULT_TIMEOUT, INTERRUPT_GRACE, NO_EXERCISE, TABLE_END, TABLE_START,
-                               checked_exercises, exercise_table, expected_exercises, grade_notebook,
+                               Submission, checked_exercises, exercise_table, expected_exercises, grade,
+                               grade_notebook,
                                guide_with_table, has_exercises, is_exercise_cell, is_solution_cell, main,
                                starter_code, student_edition, without_solution_text)
 from helpers.exercises import FAILED, NOT_DONE, Verdict
@@ -632,7 +634,8 @@ def test_the_function_an_exercise_asks_for_is_the_one_the_books_check_cell_passe
 
 def test_a_file_that_is_not_a_notebook_is_reported_as_such(graded):
     rows, *_ = graded
-    assert rows["erin"]["outcome"].startswith("not a valid notebook (NotJSONError")
+    assert rows["erin"]["outcome"] == ("a notebook cut short: its text stops in the middle (an upload or a copy "
+                                       "that did not finish): ask for the file again")
     assert _statuses(rows["erin"]) == ("0", "2", "not run", "not run")  # its chapter, from its name
     assert rows["leo"]["outcome"] == "not a notebook (its JSON is a list, not a notebook's object)"
 
@@ -646,6 +649,133 @@ def test_a_notebook_belongs_to_the_chapter_of_exactly_its_name_or_else_to_those_
         "training"}
     assert {name.split(".")[0] for name in expected_exercises(["losses.log_softmax", "nope.x"], "mine.ipynb")} == {
         "losses"}
+
+
+@pytest.mark.parametrize("content, outcome", [
+    (b"PK\x03\x04\x14\x00 an archive", "not a notebook but a zip archive: unzip it, and grade the notebooks inside"),
+    ('{"cells": []}'.encode("utf-16"), "a notebook saved as UTF-16 text, not as the UTF-8 that Jupyter writes"),
+    (b"\x89PNG\r\n\x1a\n\xff\xfe", "not a notebook: not text at all (a binary file renamed .ipynb?)"),
+    (json.dumps({"cells": {}, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}).encode(),
+     "not a valid notebook (its `cells` are not a list of cells, each with its text)"),
+    (json.dumps({"cells": [{"cell_type": "code", "source": 5, "metadata": {}, "outputs": [],
+                            "execution_count": None}], "metadata": {}, "nbformat": 4, "nbformat_minor": 4}).encode(),
+     "not a valid notebook (its `cells` are not a list of cells, each with its text)"),
+    (None, "could not be read (IsADirectoryError: Is a directory)"),
+])
+def test_a_file_that_cannot_be_read_as_a_notebook_says_why_and_what_to_do(tmp_path, content, outcome):
+    path = tmp_path / "dynamic_graph.ipynb"
+    if content is None:
+        path.mkdir()  # a folder named like a notebook
+    else:
+        path.write_bytes(content)
+    submission = grade_notebook(path, timeout=20)
+    assert submission.outcome.startswith(outcome), submission.outcome
+    assert [submission.status(e) for e in submission.expected] == ["not run", "not run"]  # its chapter's
+
+
+def _fake_grading(monkeypatch, outcomes: dict):
+    """grade_notebook replaced: each submission gets its outcome from ``outcomes`` by file name
+    (an exception is raised), and its chapter's exercises, all passed; no kernel runs."""
+    def fake(path, timeout, quick=True, executed=None, name=None):
+        outcome = outcomes.get(path.name, "ran")
+        if isinstance(outcome, Exception):
+            raise outcome
+        submission = Submission(name or path.name, outcome, classroom.expected_exercises([], path.name))
+        submission.verdicts = {e: {"status": exercises.PASSED, "message": "passed"} for e in submission.expected}
+        return submission
+
+    monkeypatch.setattr(classroom, "grade_notebook", fake)
+
+
+def _empty_submissions(folder: Path, *names: str) -> Path:
+    """``folder`` with an empty notebook at each of ``names`` (paths inside it)."""
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nbformat.v4.new_notebook(), folder / name)
+    return folder
+
+
+def test_one_submission_that_breaks_the_grader_does_not_stop_the_batch(tmp_path, monkeypatch):
+    _empty_submissions(tmp_path / "in", "ada/dynamic_graph.ipynb", "bo/dynamic_graph.ipynb")
+    (tmp_path / "in" / "bo" / "losses.ipynb").write_text("{}")
+    _fake_grading(monkeypatch, {"losses.ipynb": RuntimeError("the kernel's connection file vanished\nmore")})
+    submissions = grade(tmp_path / "in", tmp_path / "report", progress=lambda line: None)
+    assert [s.name for s in submissions] == ["ada/dynamic_graph.ipynb", "bo/dynamic_graph.ipynb", "bo/losses.ipynb"]
+    assert submissions[2].outcome == ("could not be graded (RuntimeError: the kernel's connection file vanished): "
+                                      "look at the file, and grade it alone to see more")
+    assert submissions[2].expected and submissions[2].passed == 0
+    assert (tmp_path / "report" / "grades.csv").read_text().count("\n") == 4
+
+
+def test_files_that_look_like_submissions_are_graded_or_listed_never_skipped_silently(tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    (folder / "n1").mkdir(parents=True)
+    (folder / "n2").mkdir()
+    nbformat.write(nbformat.v4.new_notebook(), folder / "n1" / "dynamic_graph.IPYNB")  # graded
+    (folder / "n2" / "dynamic_graph.ipynb.txt").write_text("{}")
+    (folder / "n2" / "losses.zip").write_bytes(b"PK\x03\x04")
+    nbformat.write(nbformat.v4.new_notebook(), folder / "n2" / "losses.ipynb")
+    _fake_grading(monkeypatch, {})
+    said = []
+    submissions = grade(folder, tmp_path / "report", progress=said.append)
+    assert [s.name for s in submissions] == ["n1/dynamic_graph.IPYNB", "n2/losses.ipynb"]
+    skipped = ["n2/dynamic_graph.ipynb.txt: not named .ipynb: rename it to end in .ipynb to grade it",
+               "n2/losses.zip: a zip archive: unzip it into the folder to grade the notebooks inside"]
+    assert said[:2] == [f"not graded: {line}" for line in skipped]
+    markdown = (tmp_path / "report" / "grades.md").read_text()
+    assert markdown.endswith("## Files not graded\n\n" + "".join(f"- {line}\n" for line in skipped))
+
+
+def test_a_report_folder_that_holds_submissions_is_refused_and_an_earlier_run_is_replaced(tmp_path, monkeypatch):
+    folder = _empty_submissions(tmp_path / "in", "ada/dynamic_graph.ipynb", "bo/dynamic_graph.ipynb")
+    _fake_grading(monkeypatch, {})
+    with pytest.raises(classroom.CannotGrade, match=r"the report folder .*ada holds submitted notebooks "
+                                                    r"\(ada/dynamic_graph.ipynb\): give --report a folder of its own"):
+        grade(folder, folder / "ada", progress=lambda line: None)
+    # A report inside the submissions folder: its executed notebooks are not submissions, and
+    # those of an earlier run are not left beside this run's grades.
+    report = folder / "report"
+    (report / "executed" / "cy").mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(), report / "executed" / "cy" / "dynamic_graph.ipynb")
+    submissions = grade(folder, report, progress=lambda line: None)
+    assert [s.name for s in submissions] == ["ada/dynamic_graph.ipynb", "bo/dynamic_graph.ipynb"]
+    assert not (report / "executed" / "cy").exists()
+
+
+def test_two_notebooks_of_one_chapter_in_one_folder_are_pointed_out(tmp_path, monkeypatch):
+    folder = _empty_submissions(tmp_path / "in", "ida/dynamic_graph.ipynb", "ida/dynamic_graph (1).ipynb",
+                                "ida/losses.ipynb", "jo/dynamic_graph.ipynb")
+    monkeypatch.setattr(classroom, "expected_exercises", lambda names, filename="": expected_exercises(
+        [], filename.replace(" (1)", "")))  # as if the renamed one checked its chapter's exercises
+    _fake_grading(monkeypatch, {"dynamic_graph (1).ipynb": "raised NameError in cell 3: name 'x' is not defined"})
+    outcomes = {s.name: s.outcome for s in grade(folder, tmp_path / "report", progress=lambda line: None)}
+    assert outcomes == {
+        "ida/dynamic_graph (1).ipynb": "raised NameError in cell 3: name 'x' is not defined; the same folder holds "
+                                       "another notebook of this chapter (ida/dynamic_graph.ipynb): which one counts?",
+        "ida/dynamic_graph.ipynb": "the same folder holds another notebook of this chapter "
+                                   "(ida/dynamic_graph (1).ipynb): which one counts?",
+        "ida/losses.ipynb": "ran", "jo/dynamic_graph.ipynb": "ran"}
+
+
+def test_each_submission_gets_a_feedback_page_of_its_own(tmp_path, monkeypatch):
+    folder = _empty_submissions(tmp_path / "in", "ada/dynamic_graph.ipynb", "bo/dynamic_graph.ipynb")
+    _fake_grading(monkeypatch, {})
+    grade(folder, tmp_path / "report", progress=lambda line: None)
+    page = (tmp_path / "report" / "feedback" / "ada" / "dynamic_graph.md").read_text()
+    assert page.startswith("# ada/dynamic_graph.ipynb\n\n✅ passed, ❌ failed")
+    assert "| ada/dynamic_graph.ipynb | ran | 2 of 2 | ✅ | ✅ |" in page and "bo/" not in page
+    assert page.endswith("Everything passed.\n")
+
+
+def test_a_notebook_of_another_chapter_under_a_chapters_name_is_pointed_out(tmp_path):
+    # Her losses notebook uploaded as dynamic_graph.ipynb: graded on dynamic_graph, and told why.
+    nb = _notebook("from helpers.exercises import check",
+                   'check("losses.mean_squared_error", lambda p, t: ((p - t) ** 2).mean())')
+    nbformat.write(nb, tmp_path / "dynamic_graph.ipynb")
+    submission = grade_notebook(tmp_path / "dynamic_graph.ipynb", timeout=TIME_LIMIT)
+    assert submission.outcome == ("this notebook checks exercises of losses, not of dynamic_graph, whose name it "
+                                  "has: was the wrong file submitted?")
+    assert submission.passed == 0 and len(submission.expected) == 2
 
 
 def test_grading_prints_nothing_on_stderr(graded):
@@ -662,7 +792,7 @@ def test_the_readable_report_has_a_row_per_student_and_says_what_did_not_pass(gr
     assert "`dynamic_graph.count_leaves`: not done yet. Hint: the leaves are the AccumulateGrad" in bob
     assert sorted(p.relative_to(report / "executed").as_posix() for p in (report / "executed").rglob("*.ipynb")) == [
         f"{row['submission']}" for row in rows.values()
-        if not row["outcome"].startswith(("not a", "no exercise"))]
+        if not row["outcome"].startswith(("not a", "a notebook", "no exercise"))]
 
 
 def test_grading_refuses_what_it_cannot_do_and_says_what_to_do(tmp_path):
@@ -743,26 +873,31 @@ def test_the_guides_example_exercise_runs_and_gives_the_verdicts_it_shows(monkey
     assert "over every element, as a 0-d tensor." in section
     solution, check_cell, plain, explained = re.findall(r"```python\n(.*?)```", section, re.S)
     shown = re.search(r"```text\n(❌ .*?)\n```", section, re.S).group(1)
-    monkeypatch.setattr(exercises, "EXERCISES", dict(exercises.EXERCISES))  # registered for this test only
-    namespace = {"check": exercises.check}
-    for code in (plain, explained, solution):
-        exec(code, namespace)
-    exec(check_cell, namespace)
-    assert capsys.readouterr().out == "✅ losses.mean_absolute_error: passed on all 2 inputs\n"
+    # Registered for this test only, and without the example should an instructor have added it.
+    name = "losses.mean_absolute_error"
+    others = {key: value for key, value in exercises.EXERCISES.items() if key != name}
 
     def the_sum(prediction, target):
         return (prediction - target).abs().sum()
 
-    verdict = exercises.judge_answer("losses.mean_absolute_error_explained", the_sum)
-    assert str(verdict) == " ".join(shown.split("\n"))  # the guide wraps the line
-    plain_verdict = exercises.judge_answer("losses.mean_absolute_error", the_sum)
+    monkeypatch.setattr(exercises, "EXERCISES", dict(others))
+    namespace = {"check": exercises.check}
+    for code in (plain, solution, check_cell):
+        exec(code, namespace)
+    assert capsys.readouterr().out == f"✅ {name}: passed on all 2 inputs\n"
+    plain_verdict = exercises.judge_answer(name, the_sum)
     assert plain_verdict.status == exercises.FAILED and "That is the sum" not in plain_verdict.message
-    as_float = exercises.judge_answer("losses.mean_absolute_error_explained",
-                                      lambda p, t: float((p - t).abs().sum()))
-    assert as_float.message.endswith("expected a tensor, got float 1.0")  # no mistake matched, none raised
     exec(starter_code(solution), namespace)  # what the student edition gives the learner
-    assert exercises.judge_answer("losses.mean_absolute_error", namespace["mean_absolute_error"]).status == NOT_DONE
+    assert exercises.judge_answer(name, namespace["mean_absolute_error"]).status == NOT_DONE
 
+    # The registration with a judge takes the place of the first, under the same name.
+    monkeypatch.setattr(exercises, "EXERCISES", dict(others))
+    exec(explained, namespace)
+    verdict = exercises.judge_answer(name, the_sum)
+    assert str(verdict) == " ".join(shown.split("\n"))  # the guide wraps the line
+    as_float = exercises.judge_answer(name, lambda p, t: float((p - t).abs().sum()))
+    assert as_float.message.endswith("expected a tensor, got float 1.0")  # no mistake matched, none raised
+    assert '"losses.mean_absolute_error": torch.nn.functional.l1_loss' in section  # its reference answer
 
 
 def test_an_answer_that_kills_the_kernel_fails_its_own_exercise(tmp_path):

@@ -472,6 +472,14 @@ def train_step_zeroes_after_step(model, optimizer, inputs, targets):
     return loss.item()
 
 
+def train_step_returns_the_tensor(model, optimizer, inputs, targets):
+    optimizer.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss  # the chapter warns: a list of these keeps every step's graph alive
+
+
 def test_train_step_reference_and_zeroing_after_the_step_pass():
     for answer in (train_step_right, train_step_zeroes_after_step):
         verdict = judge_answer("autograd.train_step", answer)
@@ -485,6 +493,10 @@ def test_train_step_reference_and_zeroing_after_the_step_pass():
                                  "(or never computed) between loss.backward() and optimizer.step()"),
     (lambda model, optimizer, inputs, targets: None, "train_step should return the loss as a number "
                                                      "(loss.item()), got NoneType"),
+    (train_step_returns_the_tensor, "train_step returned the loss as a tensor that holds the step's graph "
+                                    "(grad_fn set): return loss.item(), a Python number"),
+    (lambda *args: train_step_returns_the_tensor(*args).detach(), "train_step returned the loss as a tensor: "
+                                                                 "return loss.item()"),
 ])
 def test_train_step_wrong_answers_are_told_what_is_wrong(answer, message):
     verdict = judge_answer("autograd.train_step", answer)

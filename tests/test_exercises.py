@@ -196,6 +196,13 @@ def _reference_sigmoid(v):
     return out
 
 
+def _reference_cross_entropy(logits, targets, ignore_index=-100):
+    # F.cross_entropy's own ignore_index gives the right value, but a NaN gradient on a left-out
+    # row of infinite logits, which the check refuses: the rows are dropped first.
+    kept = targets != ignore_index
+    return torch.nn.functional.cross_entropy(logits[kept], targets[kept])
+
+
 def _reference_train_step(model, optimizer, inputs, targets):
     optimizer.zero_grad()
     loss = torch.nn.functional.mse_loss(model(inputs), targets)
@@ -219,7 +226,7 @@ def _reference_answers() -> dict:
         "losses.mean_squared_error": losses.mean_squared_error,
         "losses.bce_with_logits": losses.binary_cross_entropy_with_logits,
         "losses.log_softmax": losses.log_softmax,
-        "losses.cross_entropy": F.cross_entropy,  # its ignore_index is the exercise's
+        "losses.cross_entropy": _reference_cross_entropy,
         "optimizers.adam_step": exercises._torch_adam_step,
         "optimizers.momentum_step": exercises._torch_momentum_step,
         "optimizers.learning_rate": lambda a, b: 2 / (a + b),
@@ -439,6 +446,9 @@ def _table_of(results: list):
 @pytest.mark.parametrize("name", HIDDEN)
 def test_a_table_of_the_shown_results_passes_the_shown_cases_but_not_the_hidden_ones(name, monkeypatch):
     exercise = exercises.EXERCISES[name]
+    if name == "losses.cross_entropy":  # a table has no gradient: leave out the check that sees it
+        exercise = dataclasses.replace(exercise, judge=exercises._losses_judge(
+            exercises._losses_ce_cases, exercises._losses_true_ce, exercises._LOSSES_CE_MISTAKES))
     results = [want for _, _, want in _shown(name)]
     monkeypatch.setitem(exercises.EXERCISES, name, dataclasses.replace(exercise, hidden=None))
     assert judge_answer(name, _table_of(results)).status == PASSED  # what the hidden cases stop
@@ -776,6 +786,30 @@ def test_a_mistaken_formula_that_cannot_take_the_cases_arguments_is_not_named():
     assert verdict.message.endswith(")")  # "(largest difference ...)", and no mistake named after it
 
 
+def test_cross_entropy_whose_padding_rows_reach_the_softmax_fails_on_its_nan_gradient():
+    # Its values are right (the padding is indexed away after the log-softmax), but the softmax
+    # of a padding row of inf is NaN, and so is that row's gradient: the chapter warns of it.
+    def indexes_after_the_log_softmax(logits, targets, ignore_index=-100):
+        kept = targets != ignore_index
+        log_p = torch.log_softmax(logits, dim=-1)[kept]
+        return -log_p[torch.arange(len(log_p)), targets[kept]].mean()
+
+    def builtin(logits, targets, ignore_index=-100):
+        return torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index)
+
+    for answer in (indexes_after_the_log_softmax, builtin):
+        verdict = judge_answer("losses.cross_entropy", answer)
+        assert verdict.status == FAILED, answer.__name__
+        assert verdict.message.startswith("the values are right, but on logits [[0.5, 2.0, -1.0], [inf, 0.0, 0.0]")
+        assert "[nan, nan, nan]" in verdict.message and "Index the kept rows out of the logits first" in verdict.message
+
+    def detached(logits, targets, ignore_index=-100):
+        return _reference_cross_entropy(logits, targets, ignore_index).detach()
+
+    verdict = judge_answer("losses.cross_entropy", detached)
+    assert verdict.status == FAILED and "not connected to the logits' graph" in verdict.message
+
+
 def test_a_bool_for_a_number_of_batches_is_told_to_return_an_int():
     verdict = judge_answer("data.batches_per_epoch", lambda num_samples, batch_size, drop_last=False: True)
     assert verdict.status == FAILED
@@ -862,3 +896,29 @@ def test_a_learning_rate_of_zero_is_told_it_must_be_positive():
     verdict = judge_answer("optimizers.learning_rate", lambda a, b: 0.0)
     assert verdict.status == FAILED
     assert verdict.message == "for a=1.0, b=20.0, the answer gave lr=0: a learning rate must be positive"
+
+
+@pytest.mark.parametrize("result, kind", [
+    (lambda: torch.empty(3, device="meta"), "a dense tensor of dtype torch.float32 on meta"),
+    (lambda: torch.ones(2).to_sparse(), "a sparse_coo tensor of dtype torch.float32 on cpu"),
+])
+def test_a_result_that_cannot_be_compared_fails_the_answer_not_the_check(result, kind):
+    # Not a "check error" (a bug of the course): the answer returned something unusual.
+    verdict = judge_answer("data.batches_per_epoch", lambda num_samples, batch_size, drop_last=False: result())
+    assert verdict.status == FAILED
+    assert verdict.message.startswith(f"on 10 samples in batches of 4, the answer returned {kind}, which cannot be "
+                                      f"compared with the expected result, an int (")
+    assert verdict.message.endswith("): return an int")
+
+
+def test_a_notebook_that_turned_gradients_off_gets_the_same_verdicts():
+    # A learner's `torch.set_grad_enabled(False)` (for inference) must not fail right answers,
+    # pass wrong ones, or break the checks that take gradients.
+    torch.set_grad_enabled(False)
+    try:
+        for name, answer in _reference_answers().items():
+            assert judge_answer(name, answer).status == PASSED, name
+        assert judge_answer("dynamic_graph.count_nodes", lambda t: 0).status == FAILED
+        assert not torch.is_grad_enabled()  # the learner's setting is left as it was
+    finally:
+        torch.set_grad_enabled(True)

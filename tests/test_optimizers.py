@@ -463,15 +463,27 @@ def test_momentum_exercise_recognises_the_textbook_form_and_early_dampening():
 
 
 def test_momentum_exercise_recognises_a_forgotten_nesterov_and_a_crash_on_the_first_step():
+    # PyTorch's first Nesterov step moves by lr * (1 + momentum) * g: an answer that skips it on the
+    # first step alone was once passed.
     def no_nesterov(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
         b = grad if buffer is None else momentum * buffer + (1 - dampening) * grad
         return param - lr * b, b
+
+    def nesterov_only_later(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
+        if buffer is None:
+            return param - lr * grad, grad.clone()
+        b = momentum * buffer + (1 - dampening) * grad
+        return param - lr * (grad + momentum * b if nesterov else b), b
 
     def crashes_on_none(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
         b = momentum * buffer + grad
         return param - lr * b, b
 
     assert "nesterov=True is ignored" in judge_answer("optimizers.momentum_step", no_nesterov).message
+    message = judge_answer("optimizers.momentum_step", nesterov_only_later).message
+    assert message.startswith("on the first step with nesterov=True, item 0: expected tensor(")
+    assert message.endswith("The first step ignores nesterov=True: with Nesterov it too moves by "
+                            "lr * (g + momentum * b), with b = g, that is by lr * (1 + momentum) * g.")
     message = judge_answer("optimizers.momentum_step", crashes_on_none).message
     assert message.startswith("on the first step (buffer=None), lr=0.1, momentum=0.9, the answer raised TypeError")
 
@@ -483,7 +495,11 @@ def test_momentum_exercise_recognises_a_forgotten_nesterov_and_a_crash_on_the_fi
                        "1 - lr * 20.0 = -3, whose size is not below 1. Keep lr below 2 / 20.0 = 0.1"),
     (lambda a, b: 2 / b, "for a=1.0, b=20.0, lr=0.1 does not converge: each step multiplies y by 1 - lr * 20.0 = -1"),
     (lambda a, b: 1 / b, "for a=20.0, b=2.0, lr=0.5 does not converge: each step multiplies x by 1 - lr * 20.0 = -9"),
-    (lambda a, b: 0.001, "for a=1.0, b=20.0, lr=0.001 converges but too slowly: after 100 steps x is still 0.905"),
+    (lambda a, b: 0.001, "for a=1.0, b=20.0, lr=0.001 converges but too slowly: after 100 steps x is still 0.905, "
+                         "because each step multiplies it by 0.999. A larger rate, still below 2 / 20.0, does better."),
+    (lambda a, b: 1.99 / max(a, b), "for a=1.0, b=20.0, lr=0.0995 converges but too slowly: after 100 steps y is "
+                                    "still 0.366, because each step multiplies it by -0.99. It overshoots the minimum "
+                                    "at every step: a smaller rate does better"),
     (lambda a, b: -0.1, "for a=1.0, b=20.0, the answer gave lr=-0.1: a learning rate must be positive"),
     (lambda a, b: "0.05", "for a=1.0, b=20.0, expected a learning rate (a number), got '0.05'"),
     (lambda a, b: math.nan, "for a=1.0, b=20.0, expected a learning rate (a number), got nan"),
