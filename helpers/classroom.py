@@ -62,6 +62,8 @@ _MARKS = {PASSED: "✅", FAILED: "❌", NOT_DONE: "⏳", CHECK_ERROR: "⚠️ ch
 INTERRUPT_GRACE = 10
 _TIMEOUT_ERROR = "CellTimedOut"  # the error nbclient records for a cell it interrupted
 _ZIP_START = b"PK\x03\x04"  # how a zip archive begins
+_REPORT_PARTS = ("executed", "feedback")  # the report's folders, replaced on every grading
+_WRITTEN_HERE = ".written-by-grading"  # in each: a folder without it is not grading's to replace
 
 
 # --- Which cells are exercise cells ----------------------------------------------------------
@@ -302,7 +304,7 @@ def _read_submission(path: Path):
     if data is not None and "nbformat" not in data:
         raise _NotANotebook("not a notebook (a JSON object without a notebook's `nbformat` field)")
     try:
-        nb = nbformat.read(path, as_version=4)
+        nb = nbformat.reads(text, as_version=4)  # the text decoded above: a UTF-8 BOM is no error
     except Exception as error:  # not JSON, or not a valid notebook
         raise _NotANotebook(f"not a valid notebook ({type(error).__name__}: {_first_line(error)})") from error
     cells = nb.get("cells")
@@ -516,10 +518,10 @@ def not_graded(folder: Path, report: Path) -> list[str]:
             continue
         name = path.relative_to(folder).as_posix()
         lower = path.name.lower()
-        if ".ipynb" in lower and not _is_notebook_name(path):
-            found.append(f"{name}: not named .ipynb: rename it to end in .ipynb to grade it")
-        elif lower.endswith(".zip"):
+        if lower.endswith(".zip"):
             found.append(f"{name}: a zip archive: unzip it into the folder to grade the notebooks inside")
+        elif ".ipynb" in lower and not _is_notebook_name(path):
+            found.append(f"{name}: not named .ipynb: rename it to end in .ipynb to grade it")
     return found
 
 
@@ -543,11 +545,23 @@ def grade(folder: Path, report: Path, timeout: float = DEFAULT_TIMEOUT, quick: b
         raise CannotGrade(f"the report folder {report} holds submitted notebooks "
                           f"({inside_report[0].relative_to(folder).as_posix()}): give --report a folder of "
                           f"its own, such as one next to the submissions folder")
+    for part in _REPORT_PARTS:
+        if (report / part).exists() and not (report / part / _WRITTEN_HERE).exists():
+            raise CannotGrade(f"{report / part} exists, and grading did not write it: give --report a folder "
+                              f"of its own (a report of an older version of the course: delete it first)")
     report.mkdir(parents=True, exist_ok=True)
     # The executed notebooks and the feedback of an earlier run would stand beside this run's
-    # grades as if they were of it: they are written anew.
-    for earlier in ("executed", "feedback"):
-        shutil.rmtree(report / earlier, ignore_errors=True)
+    # grades as if they were of it: they are written anew (only those that grading wrote).
+    for part in _REPORT_PARTS:
+        try:
+            if (report / part).exists():
+                shutil.rmtree(report / part)
+            (report / part).mkdir()
+        except OSError as error:
+            raise CannotGrade(f"could not replace {report / part} of the earlier grading ({error}): delete "
+                              f"it, or give --report another folder") from None
+        (report / part / _WRITTEN_HERE).write_text("Written by python -m helpers.classroom grade, which "
+                                                   "replaces this folder when it grades again.\n")
     skipped = not_graded(folder, report)
     for line in skipped:
         progress(f"not graded: {line}")
@@ -568,18 +582,27 @@ def grade(folder: Path, report: Path, timeout: float = DEFAULT_TIMEOUT, quick: b
 
 
 def _mark_same_chapter_twice(submissions: list[Submission]) -> None:
-    """Say, in the outcome, when one folder holds two submissions of one chapter (``dynamic_graph.ipynb``
-    and ``dynamic_graph (1).ipynb``): which one counts is the instructor's call."""
-    groups: dict[tuple[str, tuple[str, ...]], list[Submission]] = {}
+    """Say, in the outcome, when one folder holds a chapter's notebook twice, as the chapter's file
+    and a copy of it (``dynamic_graph.ipynb`` and ``dynamic_graph (1).ipynb``): which one counts is
+    the instructor's call. Differently named notebooks of one chapter (``ada_dynamic_graph.ipynb``,
+    ``bo_dynamic_graph.ipynb``, a flat download) are different learners'."""
+    chapters = {chapter_of(e) for e in EXERCISES}
+    groups: dict[tuple[str, str], list[Submission]] = {}
     for s in submissions:
-        if s.expected:
-            chapters = tuple(sorted({chapter_of(e) for e in s.expected}))
-            groups.setdefault((str(Path(s.name).parent), chapters), []).append(s)
+        path = Path(s.name)
+        stem = _COPY_SUFFIX.sub("", path.stem)
+        if stem in chapters:
+            groups.setdefault((str(path.parent), stem), []).append(s)
     for group in groups.values():
         for s in group if len(group) > 1 else []:
             others = ", ".join(o.name for o in group if o is not s)
             note = f"the same folder holds another notebook of this chapter ({others}): which one counts?"
             s.outcome = note if s.outcome == "ran" else f"{s.outcome}; {note}"
+
+
+# What browsers, file managers and Jupyter's "Duplicate" add to a copy's name: " (1)", " copy",
+# " - Copy", "-Copy1".
+_COPY_SUFFIX = re.compile(r"(\s*\(\d+\)|\s*-\s*copy\s*\d*|\s+copy(\s*\d+)?)$", re.I)
 
 
 def write_report(submissions: list[Submission], report: Path, not_graded: list[str] = ()) -> None:
@@ -605,7 +628,7 @@ def write_report(submissions: list[Submission], report: Path, not_graded: list[s
         lines += ["", "## Files not graded", "", *(f"- {_cell(line)}" for line in not_graded)]
     (report / "grades.md").write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     for s in submissions:  # each learner's own page: their row and messages, nobody else's
-        page = report / "feedback" / Path(s.name).with_suffix(".md")
+        page = report / "feedback" / f"{s.name}.md"  # the whole name: a.ipynb and a.IPYNB are two pages
         page.parent.mkdir(parents=True, exist_ok=True)
         own = [e for e in exercises if e in s.expected]
         text = [f"# {_cell(s.name)}", "", _LEGEND, "", *_table([s], own), "", *(_notes(s) or ["Everything passed."])]

@@ -317,6 +317,10 @@ def _first_mismatch(answer: Callable, cases: list[Case], expected: Callable,
                 explanation = ""
             return case, str(mismatch), explanation
         except Exception as error:  # a result compare cannot read: sparse, meta, an int too big for a float
+            try:
+                compare(want, want, atol, rtol)
+            except Exception:  # the check's own result is what cannot be compared: a bug of the check
+                raise error from None
             return case, (f"the answer returned {_kind(got)}, which cannot be compared with the expected "
                           f"result, {_kind(want)} ({_described(error)}): return {_kind(want)}"), ""
     return None
@@ -324,10 +328,10 @@ def _first_mismatch(answer: Callable, cases: list[Case], expected: Callable,
 
 def _kind(value: Any) -> str:
     """What sort of thing ``value`` is, for a result that could not be compared: "a dense tensor
-    of dtype torch.float32 on cpu", "an int"."""
+    on cpu", "an int"."""
     if isinstance(value, torch.Tensor):
         layout = "dense" if value.layout == torch.strided else str(value.layout).removeprefix("torch.")
-        return f"a {layout} tensor of dtype {value.dtype} on {value.device}"
+        return f"a {layout} tensor on {value.device}"
     name = type(value).__name__
     return ("an " if name[:1].lower() in "aeiou" else "a ") + name
 
@@ -410,9 +414,9 @@ def judge_answer(name: str, answer: Callable) -> Verdict:
     if not callable(answer):
         verdict = Verdict(name, FAILED, f"expected a function, got {type(answer).__name__}")
     else:
-        # The learner's notebook may have turned gradients off (torch.set_grad_enabled(False) for
-        # inference, say): a check computes gradients, and must judge the answer alike anywhere.
-        with torch.enable_grad():
+        # The learner's notebook may have turned gradients off (torch.set_grad_enabled(False) or
+        # inference_mode, for inference): a check computes gradients, and must judge alike anywhere.
+        with torch.inference_mode(False), torch.enable_grad():
             verdict = _judged(exercise, answer)
     return verdict
 

@@ -18,6 +18,8 @@ redrawing when no one watches.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 import os
 import random
@@ -281,7 +283,9 @@ def _check_loss_fn(loss_fn: Callable) -> None:
         raise TypeError(f"loss_fn is the class {loss_fn.__name__}, not a loss: pass an instance, "
                         f"{loss_fn.__name__}()")
     reduction = getattr(loss_fn, "reduction", "mean")
-    if reduction != "mean":  # "sum" would make the step size, and the mean loss, depend on the batch size
+    # "sum" would make the step size, and the mean loss, depend on the batch size; KLDivLoss's
+    # "batchmean" is the batch's mean too.
+    if reduction not in ("mean", "batchmean"):
         raise ValueError(f"loss_fn has reduction={reduction!r}, but the loop needs each batch's mean "
                          f"loss: create it with reduction='mean' (the default)")
 
@@ -291,9 +295,10 @@ def _check_arguments(model: nn.Module, loss_fn: Callable, optimizer: torch.optim
     not average (``_check_loss_fn``), and an optimizer made for another model, which would step
     those parameters, not these."""
     _check_loss_fn(loss_fn)
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    groups = getattr(optimizer, "param_groups", None)  # an optimizer of one's own may have none
+    held = {id(p) for group in groups or [] for p in group["params"]}
     parameters = list(model.parameters())
-    if parameters and not any(id(p) in held for p in parameters):
+    if groups is not None and parameters and not any(id(p) in held for p in parameters):
         raise ValueError("the optimizer holds none of the model's parameters, so training would not "
                          "change the model (was the model created again after the optimizer?): create "
                          "the optimizer again from this model, optimizer(model.parameters(), ...)")
@@ -435,7 +440,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
                                   "lists, dicts and tensors") from None
         os.replace(temporary, path)  # atomic: readers see the old file or the new one, never half
     except BaseException as error:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # its folder may not even exist: the error below says why
+            temporary.unlink(missing_ok=True)
         if isinstance(error, OSError):  # a full disk, a read-only folder, a folder named like the file
             raise CheckpointError(f"could not write the checkpoint {path} ({type(error).__name__}: "
                                   f"{error.strerror or error}); the previous checkpoint there, if any, is "
@@ -448,9 +454,12 @@ def _plain_numbers(value: Any) -> Any:
     Python numbers, which weights_only loading accepts; NumPy's scalar types it refuses."""
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, dict):
-        return type(value)((key, _plain_numbers(item)) for key, item in value.items())
-    if isinstance(value, (tuple, list)):
+    # Only plain containers are rebuilt: a Counter (MultiStepLR's milestones) cannot be rebuilt
+    # from its items that way, and weights_only loading takes it as it is. It refuses a
+    # defaultdict (a history built with one), which a plain dict replaces.
+    if type(value) is dict or type(value) is collections.defaultdict:
+        return {key: _plain_numbers(item) for key, item in value.items()}
+    if type(value) in (tuple, list):
         return type(value)(_plain_numbers(item) for item in value)
     return value
 
@@ -838,9 +847,11 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
 
 
 def _all_finite(tensors) -> bool:
-    """Whether every element of every tensor is finite; one wait for the GPU, not one per tensor."""
-    checks = [torch.isfinite(t).all() for t in tensors]
-    return bool(torch.stack(checks).all()) if checks else True
+    """Whether every element of every tensor is finite; one wait per device, not one per tensor."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}  # a model may be split across devices
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(torch.isfinite(t).all())
+    return all(bool(torch.stack(checks).all()) for checks in by_device.values())
 
 
 def _check_checkpoint_path(checkpoint_path: str | Path) -> None:

@@ -485,6 +485,7 @@ def graded(tmp_path_factory, editions):
     (folder / "alice" / "._dynamic_graph.ipynb").write_bytes(b"\x00\x05\x16\x07Mac OS X")
     report = folder / "report"
     submit("report/executed/alice/dynamic_graph.ipynb", book)
+    (report / "executed" / ".written-by-grading").write_text("")  # by an earlier grading
 
     # As an instructor runs it, so that the kernels' own output to stderr is seen too, and with
     # its output into a pipe buffered, as Python does unless told otherwise.
@@ -673,6 +674,12 @@ def test_a_file_that_cannot_be_read_as_a_notebook_says_why_and_what_to_do(tmp_pa
     assert [submission.status(e) for e in submission.expected] == ["not run", "not run"]  # its chapter's
 
 
+def test_a_notebook_saved_with_a_utf8_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "notes.ipynb"  # no chapter's name and no check: read, then not run
+    path.write_bytes(b"\xef\xbb\xbf" + nbformat.writes(nbformat.v4.new_notebook()).encode())
+    assert grade_notebook(path, timeout=20).outcome == NO_EXERCISE
+
+
 def _fake_grading(monkeypatch, outcomes: dict):
     """grade_notebook replaced: each submission gets its outcome from ``outcomes`` by file name
     (an exception is raised), and its chapter's exercises, all passed; no kernel runs."""
@@ -714,14 +721,16 @@ def test_files_that_look_like_submissions_are_graded_or_listed_never_skipped_sil
     nbformat.write(nbformat.v4.new_notebook(), folder / "n1" / "dynamic_graph.IPYNB")  # graded
     (folder / "n2" / "dynamic_graph.ipynb.txt").write_text("{}")
     (folder / "n2" / "losses.zip").write_bytes(b"PK\x03\x04")
+    (folder / "n2" / "optimizers.ipynb.zip").write_bytes(b"PK\x03\x04")
     nbformat.write(nbformat.v4.new_notebook(), folder / "n2" / "losses.ipynb")
     _fake_grading(monkeypatch, {})
     said = []
     submissions = grade(folder, tmp_path / "report", progress=said.append)
     assert [s.name for s in submissions] == ["n1/dynamic_graph.IPYNB", "n2/losses.ipynb"]
     skipped = ["n2/dynamic_graph.ipynb.txt: not named .ipynb: rename it to end in .ipynb to grade it",
-               "n2/losses.zip: a zip archive: unzip it into the folder to grade the notebooks inside"]
-    assert said[:2] == [f"not graded: {line}" for line in skipped]
+               "n2/losses.zip: a zip archive: unzip it into the folder to grade the notebooks inside",
+               "n2/optimizers.ipynb.zip: a zip archive: unzip it into the folder to grade the notebooks inside"]
+    assert said[:3] == [f"not graded: {line}" for line in skipped]
     markdown = (tmp_path / "report" / "grades.md").read_text()
     assert markdown.endswith("## Files not graded\n\n" + "".join(f"- {line}\n" for line in skipped))
 
@@ -735,18 +744,30 @@ def test_a_report_folder_that_holds_submissions_is_refused_and_an_earlier_run_is
     # A report inside the submissions folder: its executed notebooks are not submissions, and
     # those of an earlier run are not left beside this run's grades.
     report = folder / "report"
-    (report / "executed" / "cy").mkdir(parents=True)
-    nbformat.write(nbformat.v4.new_notebook(), report / "executed" / "cy" / "dynamic_graph.ipynb")
+    grade(folder, report, progress=lambda line: None)
+    _empty_submissions(report / "executed", "cy/dynamic_graph.ipynb")  # as if cy's submission was withdrawn
     submissions = grade(folder, report, progress=lambda line: None)
     assert [s.name for s in submissions] == ["ada/dynamic_graph.ipynb", "bo/dynamic_graph.ipynb"]
-    assert not (report / "executed" / "cy").exists()
+    assert not (report / "executed" / "cy").exists() and (report / "executed" / ".written-by-grading").exists()
+
+
+def test_a_report_folder_with_an_executed_or_feedback_folder_of_its_own_is_left_alone(tmp_path, monkeypatch):
+    folder = _empty_submissions(tmp_path / "in", "ada/dynamic_graph.ipynb")
+    _fake_grading(monkeypatch, {})
+    (tmp_path / "documents" / "feedback").mkdir(parents=True)
+    (tmp_path / "documents" / "feedback" / "from-students.txt").write_text("keep me")
+    with pytest.raises(classroom.CannotGrade, match=r"documents/feedback exists, and grading did not write it: "
+                                                    r"give --report a folder of its own"):
+        grade(folder, tmp_path / "documents", progress=lambda line: None)
+    assert (tmp_path / "documents" / "feedback" / "from-students.txt").read_text() == "keep me"
 
 
 def test_two_notebooks_of_one_chapter_in_one_folder_are_pointed_out(tmp_path, monkeypatch):
     folder = _empty_submissions(tmp_path / "in", "ida/dynamic_graph.ipynb", "ida/dynamic_graph (1).ipynb",
-                                "ida/losses.ipynb", "jo/dynamic_graph.ipynb")
+                                "ida/losses.ipynb", "jo/dynamic_graph.ipynb", "flat/ada_dynamic_graph.ipynb",
+                                "flat/bo_dynamic_graph.ipynb")
     monkeypatch.setattr(classroom, "expected_exercises", lambda names, filename="": expected_exercises(
-        [], filename.replace(" (1)", "")))  # as if the renamed one checked its chapter's exercises
+        [], re.sub(r"^\w+?_| \(1\)", "", filename)))  # as if the renamed ones checked their chapter's exercises
     _fake_grading(monkeypatch, {"dynamic_graph (1).ipynb": "raised NameError in cell 3: name 'x' is not defined"})
     outcomes = {s.name: s.outcome for s in grade(folder, tmp_path / "report", progress=lambda line: None)}
     assert outcomes == {
@@ -754,14 +775,16 @@ def test_two_notebooks_of_one_chapter_in_one_folder_are_pointed_out(tmp_path, mo
                                        "another notebook of this chapter (ida/dynamic_graph.ipynb): which one counts?",
         "ida/dynamic_graph.ipynb": "the same folder holds another notebook of this chapter "
                                    "(ida/dynamic_graph (1).ipynb): which one counts?",
-        "ida/losses.ipynb": "ran", "jo/dynamic_graph.ipynb": "ran"}
+        "ida/losses.ipynb": "ran", "jo/dynamic_graph.ipynb": "ran",
+        # A flat download: one folder, every learner's notebook of the chapter, each named apart.
+        "flat/ada_dynamic_graph.ipynb": "ran", "flat/bo_dynamic_graph.ipynb": "ran"}
 
 
 def test_each_submission_gets_a_feedback_page_of_its_own(tmp_path, monkeypatch):
     folder = _empty_submissions(tmp_path / "in", "ada/dynamic_graph.ipynb", "bo/dynamic_graph.ipynb")
     _fake_grading(monkeypatch, {})
     grade(folder, tmp_path / "report", progress=lambda line: None)
-    page = (tmp_path / "report" / "feedback" / "ada" / "dynamic_graph.md").read_text()
+    page = (tmp_path / "report" / "feedback" / "ada" / "dynamic_graph.ipynb.md").read_text()
     assert page.startswith("# ada/dynamic_graph.ipynb\n\n✅ passed, ❌ failed")
     assert "| ada/dynamic_graph.ipynb | ran | 2 of 2 | ✅ | ✅ |" in page and "bo/" not in page
     assert page.endswith("Everything passed.\n")

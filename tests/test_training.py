@@ -1135,3 +1135,70 @@ def test_resuming_from_a_path_with_no_checkpoint_says_it_starts_a_new_run(standi
         torch.optim.SGD(model.parameters(), lr=0.1), CPU, 1, checkpoint_path=tmp_path / "typo.pt", resume=True,
         progress=False)
     assert capsys.readouterr().out.startswith(f"no checkpoint at {tmp_path / 'typo.pt'} yet: starting a new run\n")
+
+
+def test_a_multistep_schedule_resumes_with_its_milestones(standin, tmp_path):
+    # MultiStepLR keeps its milestones in a Counter, which a rebuilt-from-items copy would count
+    # instead of copy: the learning rate would then never decay after resuming.
+    def schedule(optimizer):
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[1, 2], gamma=0.1)
+
+    _, optimizer, _, _ = _fit_slice(standin, 3, None, _sgd(0.1), schedule)
+    checkpoint = tmp_path / "steps.pt"
+    _fit_slice(standin, 1, checkpoint, _sgd(0.1), schedule)
+    _, resumed, scheduler, _ = _fit_slice(standin, 3, checkpoint, _sgd(0.1), schedule, resume=True)
+    assert resumed.param_groups[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"]) == pytest.approx(1e-3)
+    assert scheduler.milestones == {1: 1, 2: 1}
+
+
+def test_a_history_built_with_a_defaultdict_is_saved_as_a_dict(saved):
+    import collections
+
+    path, model, optimizer = saved
+    save_checkpoint(path, model, optimizer, 5, history=collections.defaultdict(list, {"epoch": [1]}))
+    assert load_checkpoint(path, restore_rng=False)["history"]["epoch"] == [1]
+
+
+def test_a_checkpoint_whose_folder_is_a_file_is_refused_by_name(saved, tmp_path):
+    path, model, optimizer = saved
+    (tmp_path / "runs").write_text("a file, not a folder")
+    with pytest.raises(CheckpointError, match=r"could not write the checkpoint .*runs/last.pt \((FileExistsError|"
+                                              r"NotADirectoryError)"):
+        save_checkpoint(tmp_path / "runs" / "last.pt", model, optimizer, 5)
+
+
+def test_what_the_argument_checks_let_through(standin):
+    model = SmallCNN()
+    loader = make_loader(Subset(standin[0], range(64)), 64, shuffle=False, num_workers=0)
+
+    class OwnSGD:  # an optimizer of one's own, without torch.optim's param_groups
+        def __init__(self, parameters):
+            self.parameters = list(parameters)
+
+        def zero_grad(self, set_to_none=True):
+            for p in self.parameters:
+                p.grad = None
+
+        @torch.no_grad()
+        def step(self):
+            for p in self.parameters:
+                p -= 0.01 * p.grad
+
+    before = [p.detach().clone() for p in model.parameters()]
+    train_one_epoch(model, loader, nn.CrossEntropyLoss(), OwnSGD(model.parameters()), CPU, progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+    def kl_on_log_softmax(outputs, targets):  # KLDivLoss's "batchmean" is the batch's mean
+        return nn.KLDivLoss(reduction="batchmean")(outputs.log_softmax(1), nn.functional.one_hot(targets, 10).float())
+
+    kl = nn.KLDivLoss(reduction="batchmean")
+    training._check_loss_fn(kl)
+    train_one_epoch(model, loader, kl_on_log_softmax, torch.optim.SGD(model.parameters(), lr=0.01), CPU,
+                    progress=False)
+
+
+def test_finite_weights_are_all_checked():
+    assert training._all_finite([torch.ones(2), torch.ones(3, dtype=torch.float64)]) is True
+    assert training._all_finite([torch.ones(2), torch.tensor([math.nan])]) is False
+    assert training._all_finite([torch.tensor([math.inf]), torch.ones(2)]) is False
+    assert training._all_finite([]) is True
