@@ -328,12 +328,11 @@ def _first_mismatch(answer: Callable, cases: list[Case], expected: Callable,
 
 def _kind(value: Any) -> str:
     """What sort of thing ``value`` is, for a result that could not be compared: "a dense tensor
-    on cpu", "an int"."""
+    on cpu", "a value of type int"."""
     if isinstance(value, torch.Tensor):
         layout = "dense" if value.layout == torch.strided else str(value.layout).removeprefix("torch.")
         return f"a {layout} tensor on {value.device}"
-    name = type(value).__name__
-    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
+    return f"a value of type {type(value).__name__}"
 
 
 def hidden_failure(answer: Callable, hidden: HiddenCases, seed: int = HIDDEN_SEED) -> str | None:
@@ -645,6 +644,11 @@ def _losses_capped(got, want, logits, targets) -> bool:
             and bool(torch.isfinite(got).all()) and got.sum().item() < 0.99 * want.sum().item())
 
 
+_NOT_CONNECTED = ("the values are right, but the result is not connected to the logits' graph (was "
+                  ".item(), .detach() or a new torch.tensor(...) used?), so no gradient can flow back "
+                  "through it")
+
+
 def _losses_bce_gradient(answer: Callable) -> str | None:
     """Once the values are right: is the gradient (sigmoid(z) - y) / N, finite at large logits
     and right at z = 0 exactly, where clamp, max and abs have a kink?"""
@@ -652,9 +656,7 @@ def _losses_bce_gradient(answer: Callable) -> str | None:
     logits, targets = torch.tensor(values, requires_grad=True), torch.tensor(labels)
     loss = call_answer(answer, f"logits {values} that require a gradient", logits, targets)
     if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
-        return ("the values are right, but the result is not connected to the logits' graph "
-                "(was .item(), .detach() or a new torch.tensor(...) used?), so no gradient "
-                "can flow back through it")
+        return _NOT_CONNECTED
     loss.backward()
     want = (torch.sigmoid(logits.detach()) - targets) / len(targets)
     if logits.grad is None or not torch.allclose(logits.grad, want, atol=1e-6, rtol=1e-5):
@@ -810,9 +812,7 @@ def _losses_ce_gradient(answer: Callable) -> str | None:
     described = f"logits {values} that require a gradient and targets {labels}"
     loss = call_answer(answer, described, logits, targets)
     if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
-        return ("the values are right, but the result is not connected to the logits' graph "
-                "(was .item(), .detach() or a new torch.tensor(...) used?), so no gradient "
-                "can flow back through it")
+        return _NOT_CONNECTED
     loss.backward()
     kept = targets != -100
     want = torch.zeros_like(logits)

@@ -907,8 +907,8 @@ def test_a_result_that_cannot_be_compared_fails_the_answer_not_the_check(result,
     verdict = judge_answer("data.batches_per_epoch", lambda num_samples, batch_size, drop_last=False: result())
     assert verdict.status == FAILED
     assert verdict.message.startswith(f"on 10 samples in batches of 4, the answer returned {kind}, which cannot be "
-                                      f"compared with the expected result, an int (")
-    assert verdict.message.endswith("): return an int")
+                                      f"compared with the expected result, a value of type int (")
+    assert verdict.message.endswith("): return a value of type int")
 
 
 def test_a_check_whose_own_result_cannot_be_compared_is_a_check_error_not_the_answers_fault(monkeypatch):
