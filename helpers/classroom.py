@@ -44,7 +44,7 @@ from pathlib import Path
 import nbformat
 
 from helpers.exercises import CHECK_ERROR, EXERCISES, FAILED, GRADING_LOG_ENV, NOT_DONE, PASSED
-from helpers.notebooks import QUIET_KERNEL
+from helpers.notebooks import QUIET_KERNEL, STAMP_KEY
 from helpers.runtime import QUICK_ENV
 
 SOLUTION_TAG = "solution"
@@ -176,7 +176,7 @@ def student_edition(nb, where: str = "notebook"):
         if is_exercise_cell(cell):
             cell.outputs, cell.execution_count = [], None
     # The stamp describes the instructor edition's run, not this one.
-    student.metadata["course"] = {"edition": "student"}
+    student.metadata[STAMP_KEY] = {"edition": "student"}
     return student
 
 
@@ -581,6 +581,11 @@ def grade(folder: Path, report: Path, timeout: float = DEFAULT_TIMEOUT, quick: b
     return submissions
 
 
+# What browsers, file managers and Jupyter's "Duplicate" add to a copy's name: " (1)", " copy",
+# " - Copy", "-Copy1".
+_COPY_SUFFIX = re.compile(r"(\s*\(\d+\)|\s*-\s*copy\s*\d*|\s+copy(\s*\d+)?)$", re.I)
+
+
 def _mark_same_chapter_twice(submissions: list[Submission]) -> None:
     """Say, in the outcome, when one folder holds a chapter's notebook twice, as the chapter's file
     and a copy of it (``dynamic_graph.ipynb`` and ``dynamic_graph (1).ipynb``): which one counts is
@@ -600,11 +605,6 @@ def _mark_same_chapter_twice(submissions: list[Submission]) -> None:
             s.outcome = note if s.outcome == "ran" else f"{s.outcome}; {note}"
 
 
-# What browsers, file managers and Jupyter's "Duplicate" add to a copy's name: " (1)", " copy",
-# " - Copy", "-Copy1".
-_COPY_SUFFIX = re.compile(r"(\s*\(\d+\)|\s*-\s*copy\s*\d*|\s+copy(\s*\d+)?)$", re.I)
-
-
 def write_report(submissions: list[Submission], report: Path, not_graded: list[str] = ()) -> None:
     """``grades.csv`` (one row per submission, one column per exercise), ``grades.md`` (the table,
     what did not pass, and the files not graded), and ``feedback/``: one page per submission, for
@@ -622,16 +622,16 @@ def write_report(submissions: list[Submission], report: Path, not_graded: list[s
     for s in submissions:
         notes = _notes(s)
         if notes:
-            details += [f"### {_cell(s.name)}", "", *notes, ""]
+            details += [f"### {_markdown_text(s.name)}", "", *notes, ""]
     lines += ["", "## What did not pass", "", *(details or ["Everything passed."])]
     if not_graded:
-        lines += ["", "## Files not graded", "", *(f"- {_cell(line)}" for line in not_graded)]
+        lines += ["", "## Files not graded", "", *(f"- {_markdown_text(line)}" for line in not_graded)]
     (report / "grades.md").write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     for s in submissions:  # each learner's own page: their row and messages, nobody else's
         page = report / "feedback" / f"{s.name}.md"  # the whole name: a.ipynb and a.IPYNB are two pages
         page.parent.mkdir(parents=True, exist_ok=True)
         own = [e for e in exercises if e in s.expected]
-        text = [f"# {_cell(s.name)}", "", _LEGEND, "", *_table([s], own), "", *(_notes(s) or ["Everything passed."])]
+        text = [f"# {_markdown_text(s.name)}", "", _LEGEND, "", *_table([s], own), "", *(_notes(s) or ["Everything passed."])]
         page.write_text("\n".join(text).rstrip() + "\n", encoding="utf-8")
 
 
@@ -641,7 +641,7 @@ _LEGEND = ("✅ passed, ❌ failed, ⏳ not done (starter code), ⌛ timed out (
            "grader's checks count.")
 
 
-def _cell(text: str) -> str:
+def _markdown_text(text: str) -> str:
     """``text`` for a cell of a Markdown table, or a line of a list."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -651,7 +651,7 @@ def _table(submissions: list[Submission], exercises: list[str]) -> list[str]:
              "|---|---|---|" + "---|" * len(exercises)]
     for s in submissions:
         marks = [_MARKS.get(s.status(e), s.status(e)) for e in exercises]
-        lines.append(f"| {_cell(s.name)} | {_cell(s.outcome)} | {s.passed} of {len(s.expected)} | "
+        lines.append(f"| {_markdown_text(s.name)} | {_markdown_text(s.outcome)} | {s.passed} of {len(s.expected)} | "
                      + " | ".join(marks) + " |")
     return lines
 
@@ -659,10 +659,10 @@ def _table(submissions: list[Submission], exercises: list[str]) -> list[str]:
 def _notes(s: Submission) -> list[str]:
     """The outcome, when the notebook did not simply run, and the message of every check that did
     not pass."""
-    notes = [f"- `{e}`: {_cell(s.verdicts[e]['message'])}" if e in s.verdicts else f"- `{e}`: not run"
+    notes = [f"- `{e}`: {_markdown_text(s.verdicts[e]['message'])}" if e in s.verdicts else f"- `{e}`: not run"
              for e in s.expected if s.status(e) != PASSED]
     if s.outcome != "ran":
-        notes.insert(0, f"- outcome: {_cell(s.outcome)}")
+        notes.insert(0, f"- outcome: {_markdown_text(s.outcome)}")
     return notes
 
 

@@ -492,7 +492,9 @@ def plot_image_grid(images, labels: Sequence[int], classes: Sequence[str], *,
             raise ValueError(f"{name} holds the class index {outside[0]}, outside 0..{len(classes) - 1}: "
                              f"there are {len(classes)} class names, and labels are indices into them")
     rows = math.ceil(len(pictures) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, (size + 0.25) * rows), squeeze=False)
+    title_height = 0.25 if predictions is None else 0.5  # "true\n-> predicted" takes two lines
+    fig, axes = plt.subplots(rows, columns, figsize=(size * columns, (size + title_height) * rows),
+                             squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= len(pictures):

@@ -46,7 +46,8 @@ class Value:
     ``_backward``: a closure that, given the new value's gradient, adds ``local derivative *
     gradient`` to each parent's ``grad`` (the chain rule). The closures never refer to the value
     they belong to, so a graph holds no reference cycles and is freed as soon as its output is
-    no longer used.
+    no longer used. ``op`` names the operation that made the value ("" for a leaf), for reading
+    a graph: ``repr`` shows it.
     """
 
     __slots__ = ("data", "grad", "_parents", "_backward", "op")
@@ -61,7 +62,8 @@ class Value:
         self.op = op
 
     def __repr__(self) -> str:
-        return f"Value(data={self.data:.6g}, grad={self.grad:.6g})"
+        made_by = f", op={self.op!r}" if self.op else ""
+        return f"Value(data={self.data:.6g}, grad={self.grad:.6g}{made_by})"
 
     def __add__(self, other) -> Value:
         other = _as_value(other, "+")

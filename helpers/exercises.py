@@ -79,7 +79,8 @@ class Exercise:
     results are compared with ``atol`` and ``rtol``, and ``explain`` may name the mistake behind a
     wrong one (see ``first_failure``). A ``judge(answer)`` instead returns a failure message, or
     None when the answer is right, for answers that are not pure functions. ``hidden``, if given,
-    runs after either has passed.
+    runs after either has passed. ``forbids``, ``([(owner, attribute, shown name), ...], rule)``,
+    makes those functions raise while the answer runs, for an exercise whose text rules them out.
     """
 
     name: str  # "<chapter notebook>.<what>", e.g. "dynamic_graph.count_nodes"
@@ -94,6 +95,7 @@ class Exercise:
     atol: float = 1e-6
     rtol: float = 1e-5
     hidden: HiddenCases | None = None
+    forbids: tuple[list[tuple[Any, str, str]], str] | None = None
     # The function the learner writes, which the check cell passes: by default the part of the
     # name after the dot. Grading checks it by this name.
     function: str = ""
@@ -249,6 +251,31 @@ def _is_unfinished(error: NotImplementedError) -> bool:
     return not last.line or last.line.lstrip().startswith("raise")  # no source: benefit of doubt
 
 
+class _RuleBroken(Exception):
+    """The answer called a function that its exercise's text rules out."""
+
+
+def _forbidding(answer: Callable, calls: list[tuple[Any, str, str]], rule: str) -> Callable:
+    """``answer``, run while each ``(owner, attribute, shown name)`` of ``calls`` raises instead:
+    the exercise asks for the work done without them ("without autograd"). Only the answer's
+    calls are affected; the check's own reference, run outside, still uses them."""
+    def refusing(shown: str) -> Callable:
+        def refused(*args, **kwargs):
+            raise _RuleBroken(f"{rule}, but the answer called {shown}")
+        return refused
+
+    def run(*args, **kwargs):
+        originals = [(owner, attribute, getattr(owner, attribute)) for owner, attribute, _ in calls]
+        try:
+            for owner, attribute, shown in calls:
+                setattr(owner, attribute, refusing(shown))
+            return answer(*args, **kwargs)
+        finally:
+            for owner, attribute, original in originals:
+                setattr(owner, attribute, original)
+    return run
+
+
 def call_answer(answer: Callable, label: str, *args, **kwargs):
     """``answer(*args, **kwargs)``; if it raises, the check fails with a message naming ``label``.
 
@@ -260,10 +287,12 @@ def call_answer(answer: Callable, label: str, *args, **kwargs):
     except Exception as error:  # the learner's bug, reported rather than raised
         if isinstance(error, NotImplementedError) and _is_unfinished(error):
             raise
-        raise _AnswerFailed(f"on {label}, the answer raised {_described(error)}") from error
+        if isinstance(error, _RuleBroken):
+            raise _AnswerFailed(f"on {label}, {error}") from error
+        raise _AnswerFailed(f"on {label}, the answer raised {_error_summary(error)}") from error
 
 
-def _described(error: BaseException, limit: int = 300) -> str:
+def _error_summary(error: BaseException, limit: int = 300) -> str:
     """``Type: message (line ...)``, the message cut to its first line (PyTorch's can run to pages)."""
     lines = str(error).strip().splitlines()
     message = lines[0] if lines else ""
@@ -322,7 +351,7 @@ def _first_mismatch(answer: Callable, cases: list[Case], expected: Callable,
             except Exception:  # the check's own result is what cannot be compared: a bug of the check
                 raise error from None
             return case, (f"the answer returned {_kind(got)}, which cannot be compared with the expected "
-                          f"result, {_kind(want)} ({_described(error)}): return {_kind(want)}"), ""
+                          f"result, {_kind(want)} ({_error_summary(error)}): return {_kind(want)}"), ""
     return None
 
 
@@ -381,7 +410,7 @@ def first_matching(mistakes: list[tuple[Callable[..., bool], str]]) -> Callable[
     return explain
 
 
-def _judge_cases(exercise: Exercise, answer: Callable) -> Verdict:
+def _verdict_on_cases(exercise: Exercise, answer: Callable) -> Verdict:
     cases = exercise.cases()
     failure = first_failure(answer, cases, exercise.expected, exercise.explain, exercise.atol, exercise.rtol)
     if failure is not None:
@@ -423,12 +452,14 @@ def judge_answer(name: str, answer: Callable) -> Verdict:
 def _judged(exercise: Exercise, answer: Callable) -> Verdict:
     """``judge_answer``'s verdict on a callable ``answer``."""
     name = exercise.name
+    if exercise.forbids is not None:
+        answer = _forbidding(answer, *exercise.forbids)
     try:
         if exercise.judge is not None:
             failure = exercise.judge(answer)
             verdict = Verdict(name, PASSED, "passed") if failure is None else Verdict(name, FAILED, failure)
         else:
-            verdict = _judge_cases(exercise, answer)
+            verdict = _verdict_on_cases(exercise, answer)
         if verdict.status == PASSED and exercise.hidden is not None:
             failure = hidden_failure(answer, exercise.hidden)
             if failure is not None:
@@ -439,7 +470,7 @@ def _judged(exercise: Exercise, answer: Callable) -> Verdict:
         if isinstance(error, NotImplementedError) and _is_unfinished(error):  # starter code
             verdict = Verdict(name, NOT_DONE, f"not done yet. Hint: {exercise.hint}")
         elif _raised_in_answer(error):  # a judge that runs the answer saw it raise
-            verdict = Verdict(name, FAILED, f"the answer raised {_described(error)}")
+            verdict = Verdict(name, FAILED, f"the answer raised {_error_summary(error)}")
         else:  # the check's own code failed: never blame the learner for it
             verdict = Verdict(name, CHECK_ERROR, _check_error_message(error))
     return verdict
@@ -543,13 +574,9 @@ def _losses_same(got: Any, other: Any) -> bool:
 
 
 def _losses_gives(wrong: Callable) -> Callable:
-    """A predicate: the answer's result equals what the mistaken formula ``wrong`` gives."""
-    def predicate(got, want, *args, **kwargs):
-        try:
-            return _losses_same(got, wrong(*args, **kwargs))
-        except Exception:  # the mistaken formula does not apply to these inputs
-            return False
-    return predicate
+    """A predicate: the answer's result equals what the mistaken formula ``wrong`` gives (one
+    that does not apply to the inputs raises, which ``first_matching`` takes as no match)."""
+    return lambda got, want, *args, **kwargs: _losses_same(got, wrong(*args, **kwargs))
 
 
 def _losses_not_finite(got, want, *args, **kwargs) -> bool:
@@ -1167,8 +1194,6 @@ def _data_stats_mistake(got: Any, want: Any, images: torch.Tensor) -> str:
     return ""
 
 
-
-
 register(Exercise(
     name="data.tensor_mean_std",
     title="Per-channel mean and standard deviation of a tensor of images",
@@ -1576,6 +1601,9 @@ register(Exercise(
     expected=_logistic_grad_by_autograd,
     atol=1e-9,
     rtol=1e-7,
+    forbids=([(torch.autograd, "grad", "torch.autograd.grad"),
+              (torch.autograd, "backward", "backward()")],
+             "the exercise asks for the gradient by hand, without autograd"),
 ))
 
 
@@ -1671,6 +1699,9 @@ register(Exercise(
          "not ignore_index, and use only those rows (F.one_hot refuses a target of -100); the mean "
          "is over them alone.",
     judge=judge_cases(_fast_smoothing_cases, _fast_true_smoothing, _fast_smoothing_mistake),
+    # torch._C._nn.cross_entropy_loss is what F.cross_entropy and nn.CrossEntropyLoss run.
+    forbids=([(torch._C._nn, "cross_entropy_loss", "F.cross_entropy")],
+             "the exercise asks for the loss without calling F.cross_entropy"),
     # Without an explain: _fast_smoothing_mistake names the numbers of rows and classes of the case.
     hidden=HiddenCases(_fast_hidden_smoothing, _fast_true_smoothing,
                        rule="any logits, targets, smoothing and ignore_index"),
@@ -1721,6 +1752,34 @@ def _fast_crop_mistake(got: Any, want: torch.Tensor, images, padding, top, left)
     return ""
 
 
+def _fast_crop_in_one_go(answer: Callable) -> str | None:
+    """A failure when the answer's number of tensor operations grows with the number of images:
+    a Python loop over them, which the exercise rules out."""
+    from torch.overrides import TorchFunctionMode
+
+    class Counting(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.operations = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.operations += 1
+            return func(*args, **(kwargs or {}))
+
+    generator = torch.Generator().manual_seed(1)
+    counted = {}
+    for n in (2, 16):
+        images = torch.randn(n, 3, 8, 8, generator=generator)
+        top, left = torch.randint(0, 5, (2, n), generator=generator)
+        with Counting() as counting:
+            call_answer(answer, f"{n} images of 3x8x8, padding 2", images, 2, top, left)
+        counted[n] = counting.operations
+    if counted[16] > counted[2]:
+        return (f"the answer runs {counted[2]} tensor operations for 2 images and {counted[16]} for 16: "
+                f"a Python loop over the images. Build index tensors and gather every crop in one go")
+    return None
+
+
 register(Exercise(
     name="fast_training.crop_batch",
     title="A batch of crops in one operation",
@@ -1730,7 +1789,7 @@ register(Exercise(
          "left[i] + x] (section \"Augmentation on the GPU\"): one index tensor for the image, one "
          "for the rows and one for the columns, shaped so that they broadcast to (N, H, W), and a "
          "slice for the channels. Then look at where the channels end up in the result.",
-    judge=judge_cases(_fast_crop_cases, _fast_true_crop, _fast_crop_mistake),
+    judge=judge_cases(_fast_crop_cases, _fast_true_crop, _fast_crop_mistake, then=_fast_crop_in_one_go),
 ))
 
 
@@ -1877,7 +1936,16 @@ def _distributed_judge_accumulation(answer: Callable) -> str | None:
         label = f"12 examples in {micro_batches} micro-batches of {12 // micro_batches}"
         for p in model.parameters():  # stale gradients from an earlier step
             p.grad = torch.ones_like(p)
-        got = call_answer(answer, label, model, loss_fn, inputs.clone(), targets.clone(), micro_batches)
+        seen = []  # the batch size of every forward pass the answer runs
+        recording = model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+        try:
+            got = call_answer(answer, label, model, loss_fn, inputs.clone(), targets.clone(), micro_batches)
+        finally:
+            recording.remove()
+        if seen != [12 // micro_batches] * micro_batches:
+            return (f"on {label}, the model ran forward passes on batches of {seen or 'nothing'}: run "
+                    f"forward and backward on each of the {micro_batches} micro-batches of "
+                    f"{12 // micro_batches} in turn, which is the point of accumulation")
         if not isinstance(got, (list, tuple)) or len(got) != len(want):
             return (f"on {label}, expected a list of {len(want)} gradients (one per parameter, in the order "
                     f"of model.parameters()), got {_describe(got)}")

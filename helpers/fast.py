@@ -325,10 +325,10 @@ class Autocast(nn.Module):
     convolutions and linear layers run in ``dtype``; on CUDA, the ops on the float32 list (``sum``,
     ``softmax``, ``log_softmax``, ``exp``, ``log`` and most losses among them) run in float32, while
     on the CPU the list is a different one, without ``sum``, ``softmax``, ``log_softmax``, ``exp``
-    or ``log``: of bf16 inputs, those stay bf16 there. Every
-    other op runs in the dtype of its inputs: the ReLUs, the pooling, batch normalisation (its
-    weights stay float32) and the residual additions of a network all run in ``dtype``. The
-    logits are cast to float32 here, so the loss, computed outside, is float32 on every device.
+    or ``log``: of bf16 inputs, those stay bf16 there. Every other op runs in the dtype of its
+    inputs: the ReLUs, the pooling, batch normalisation (its weights stay float32) and the
+    residual additions of a network all run in ``dtype``. The logits are cast to float32 here, so
+    the loss, computed outside, is float32 on every device.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
@@ -694,20 +694,20 @@ def bf16_compile_skip(device: torch.device | str, what: str,
 # --- Tables, charts, profiles --------------------------------------------------------------------------------
 
 
-def speedups(results: Sequence[StepResult], reference: int = 0) -> list[float]:
-    """``t_reference / t_k`` for each result: how many times faster than the reference step."""
-    base = results[reference].train_seconds
+def speedups(results: Sequence[StepResult]) -> list[float]:
+    """``t_1 / t_k`` for each result: how many times faster than the first step."""
+    base = results[0].train_seconds
     return [base / r.train_seconds if not r.skipped and r.train_seconds > 0 else math.nan for r in results]
 
 
-def results_table(results: Sequence[StepResult], caption: str, reference: int = 0) -> str:
+def results_table(results: Sequence[StepResult], caption: str) -> str:
     """A Markdown table of the results, one row per step, under ``caption``; skipped steps are
     listed below it, with their reasons."""
     rows = [f"**{caption}**", "",
             "| step | batch | epochs | training time | warm-up | images/s | test accuracy | speed-up |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     notes = []
-    for result, speedup in zip(results, speedups(results, reference)):
+    for result, speedup in zip(results, speedups(results)):
         if result.skipped:
             rows.append(f"| {result.name} | {result.batch_size} | {result.epochs} | skipped | | | | |")
             notes.append(f"{result.name}: {result.skipped}")
@@ -722,12 +722,12 @@ def results_table(results: Sequence[StepResult], caption: str, reference: int = 
 
 def plot_results(results: Sequence[StepResult], title: str = ""):
     """Training time (log scale) and test accuracy per step, as horizontal bars; returns the figure."""
-    names = [r.name for r in results][::-1]
-    ran = [r for r in results][::-1]
+    shown = list(results)[::-1]  # the first step at the top
+    names = [r.name for r in shown]
     fig, (time_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 0.45 * len(results) + 1.4), sharey=True)
-    y = np.arange(len(ran))
-    seconds = [r.train_seconds if not r.skipped else 0 for r in ran]
-    accuracies = [100 * r.test_accuracy if not r.skipped else 0 for r in ran]
+    y = np.arange(len(shown))
+    seconds = [r.train_seconds if not r.skipped else 0 for r in shown]
+    accuracies = [100 * r.test_accuracy if not r.skipped else 0 for r in shown]
     time_ax.barh(y, seconds, color="tab:blue")
     acc_ax.barh(y, accuracies, color="tab:green")
     positive = [s for s in seconds if s > 0]
@@ -739,7 +739,7 @@ def plot_results(results: Sequence[StepResult], title: str = ""):
         time_ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
         time_ax.xaxis.set_major_formatter(FuncFormatter(lambda seconds, _: f"{seconds:g}"))
         time_ax.xaxis.set_minor_formatter(NullFormatter())
-    for i, r in enumerate(ran):
+    for i, r in enumerate(shown):
         if r.skipped:
             time_ax.text(time_ax.get_xlim()[0] * 1.1, i, "skipped", va="center", fontsize=9)
         else:
@@ -917,8 +917,9 @@ def describe_measurements(device: torch.device | str, data_source: str) -> str:
         return f"These are measurements on {where}, full run, with CIFAR-10 ({data_source})."
     reasons = []
     if device.type != "cuda":
-        reasons.append(f"it ran on {where}, not on a GPU, so the steps that need CUDA are skipped")
+        reasons.append(f"it ran on {where}, not on a GPU, so the steps that need CUDA are skipped and the "
+                       "sizes are smaller")
     if runtime.quick_mode():
-        reasons.append(f"it ran in quick mode (small sizes, {data_source})")
-    return ("These outputs are a stand-in run: " + "; ".join(reasons) + ". The times say nothing about "
-            "a GPU, and the GPU measurements this chapter is about are not on this page.")
+        reasons.append("it ran in quick mode (small sizes)")
+    return (f"These outputs (data: {data_source}) are not from the full run on a GPU that this chapter is "
+            "about: " + "; ".join(reasons) + ". Their times say nothing about a GPU.")

@@ -301,8 +301,7 @@ def plot_confusion_matrix(confusion, classes: Sequence[str], ax=None, title: str
     """
     confusion = _check_confusion(confusion)
     k = len(confusion)
-    if len(classes) != k:
-        raise ValueError(f"{len(classes)} class names for a {k}x{k} confusion matrix")
+    classes = _check_class_names(classes, k)
     shares = confusion / confusion.sum(dim=1, keepdim=True).clamp_min(1)
     if ax is None:
         _, ax = plt.subplots(figsize=(0.55 * k + 2.2, 0.55 * k + 1.6))

@@ -27,6 +27,7 @@ STAMP_KEY = "course"
 # Set in the kernels this module and the tests start, so that code can tell an executed,
 # stored output (rendered later as HTML) from a live notebook: progress bars print plain lines.
 EXECUTING_ENV = "COURSE_EXECUTING"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # the colours of terminal text: dropped from messages
 _FACTS_CODE = "import helpers.runtime as _runtime\n_runtime.print_run_facts_json()"
 QUICK_RUN = ("its outputs come from a quick-mode run (small stand-in data), not the full run readers "
              "get: execute it again without COURSE_QUICK")
@@ -104,7 +105,7 @@ def execute(path: Path, timeout: int = 1800, out: Path | None = None) -> dict:
         nb.cells.pop()
         rejected = _keep_rejected(nb, path, out)
         # The last line of nbclient's message names the exception; drop its terminal colours.
-        message = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+        message = ANSI_ESCAPE.sub("", str(error)).strip()
         last_line = (message.splitlines() or [type(error).__name__])[-1]
         raise RuntimeError(f"{path} failed to run ({type(error).__name__}: {last_line[:300]}). "
                            f"The partial run is in {rejected}; {path} is unchanged.") from error

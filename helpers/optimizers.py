@@ -380,8 +380,7 @@ def optimizer_panel():
         settings = PATH_SETTINGS[values["surface"]]
         with output:
             output.clear_output(wait=True)
-            # Small: an executed notebook keeps this figure in its widget state.
-            fig, ax = plt.subplots(figsize=(6.5, 6), dpi=80)
+            fig, ax = plt.subplots(figsize=(6.5, 6), dpi=80)  # beside the sliders, on a laptop
             compare_on_surface(settings["surface"], values["lr"], values["adaptive_lr"], values["momentum"],
                                (values["beta1"], values["beta2"]), settings["steps"], ax=ax)
             plt.show()
@@ -404,5 +403,4 @@ def optimizer_panel():
     reset({"new": first})
     panel = widgets.HBox([widgets.VBox(list(controls.values())), output])
     panel.controls = controls
-    panel.redraw = redraw
     return panel

@@ -57,7 +57,7 @@ def pick_device(prefer: str | None = None) -> torch.device:
     """
     available = {
         "cuda": torch.cuda.is_available(),
-        "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available(),
+        "mps": torch.backends.mps.is_available(),
         "cpu": True,
     }
     if prefer is not None:
@@ -67,10 +67,10 @@ def pick_device(prefer: str | None = None) -> torch.device:
             raise RuntimeError(f"device {prefer!r} was asked for but is not available here: "
                                f"{_MISSING_DEVICE_REMEDY[prefer]}")
         return torch.device(prefer)
-    for name in ("cuda", "mps", "cpu"):
+    for name in ("cuda", "mps"):
         if available[name]:
             return torch.device(name)
-    raise AssertionError("unreachable: the CPU is always available")
+    return torch.device("cpu")
 
 
 def device_name(device: torch.device | str) -> str:
@@ -81,10 +81,12 @@ def device_name(device: torch.device | str) -> str:
     return device.type
 
 
-def describe_run(device: torch.device | str | None = None) -> str:
+def describe_run(device: torch.device | str | None = None, smaller_without_gpu: str = "") -> str:
     """One line saying where and how this notebook runs, for the top of a chapter that trains.
 
     On a CPU it says that training will be slow; in quick mode, that the numbers are not the book's.
+    ``smaller_without_gpu`` says what a chapter makes smaller when it finds no GPU (``"3 epochs,
+    not the article's 10"``), so that such a run is not called full.
     """
     device = torch.device(device) if device is not None else pick_device()
     line = f"Running on {device_name(device)}"
@@ -92,6 +94,8 @@ def describe_run(device: torch.device | str | None = None) -> str:
         line += " (no GPU found: this chapter runs, but slowly; in Colab choose Runtime > Change runtime type > GPU)"
     if quick_mode():
         line += ". Quick mode: small data and short training, so the numbers differ from the book's."
+    elif device.type != "cuda" and smaller_without_gpu:
+        line += f". A smaller run than the full one, for want of a GPU: {smaller_without_gpu}."
     else:
         line += ". Full run."
     return line

@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F  # the import the source article forgot
 from torch import nn
 
+from helpers.notebooks import ANSI_ESCAPE, EXECUTING_ENV
 from helpers.runtime import Timer
 
-EXECUTING_ENV = "COURSE_EXECUTING"
 CHECKPOINT_FORMAT = "helpers.training checkpoint"
 CHECKPOINT_VERSION = 1
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
@@ -185,6 +185,14 @@ class ProgressBar:
             elif self._tqdm is not None and self.loss is not None:
                 self._tqdm.set_postfix(loss=f"{self.loss:.3f}")
 
+    finish_when_done = False  # set for a bar that no caller will finish
+
+    def done(self) -> None:
+        """The epoch's batches are done: stop the clock, and finish the bar if no one else will."""
+        self.freeze()
+        if self.finish_when_done:
+            self.finish()
+
     def freeze(self) -> None:
         """Stop the clock: the epoch's batches are done."""
         if self._elapsed is None:
@@ -244,8 +252,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
     right, both while the weights were changing. ``correct_fn(outputs,
     targets)`` counts the right ones (None: accuracy is NaN). ``loss_fn``
     must average over the batch. ``progress``: a ``ProgressBar`` (None: one
-    where a reader can see it; False: none). Raises ``FloatingPointError``
-    on a NaN loss.
+    where a reader can see it; True: always; False: none). Raises
+    ``FloatingPointError`` on a NaN loss.
     """
     _check_arguments(model, loss_fn, optimizer)  # refuse slips up front
     device = torch.device(device)
@@ -267,12 +275,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
         if correct_fn is not None:
             total_correct += correct_fn(outputs.detach(), targets)
         samples += n
-        if bar is not None:
-            bar.update(loss.detach())
-    if bar is not None:
-        bar.freeze()
-        if bar is not progress and (bar.visible or progress is True):
-            bar.finish()  # our own bar: leave the finished bar in place
+        bar.update(loss.detach())
+    bar.done()  # stop its clock; finish it, unless fit will
     return _summary(total_loss, total_correct, samples, correct_fn,
                     training=True)
 
@@ -304,10 +308,14 @@ def _check_arguments(model: nn.Module, loss_fn: Callable, optimizer: torch.optim
                          "the optimizer again from this model, optimizer(model.parameters(), ...)")
 
 
-def _bar_for(progress, loader, description: str) -> ProgressBar | None:
-    if isinstance(progress, ProgressBar) or progress is False:
-        return progress or None
-    return ProgressBar(_total_batches(loader), description, live=progress)
+def _bar_for(progress, loader, description: str) -> ProgressBar:
+    """``progress`` itself when it is a bar; else a bar of train_one_epoch's own, finished when the
+    epoch is done where a reader sees it or when asked (True), drawing nothing with False."""
+    if isinstance(progress, ProgressBar):
+        return progress
+    bar = ProgressBar(_total_batches(loader), description, live=progress)
+    bar.finish_when_done = progress is True or (progress is None and bar.visible)
+    return bar
 
 
 @torch.no_grad()  # no graph: less memory, less time, no gradients by mistake
@@ -464,7 +472,6 @@ def _plain_numbers(value: Any) -> Any:
     return value
 
 
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # torch's messages embolden text for terminals
 _ZIP_START = b"PK\x03\x04"  # the first bytes of the zip archive torch.save writes
 _LEGACY_START = b"\x80\x02\x8a\n"  # torch.save's older format: a pickle of its magic number
 _RECOVER = ("restore it from a copy, or start the run again (fit with overwrite=True, or another "
@@ -474,7 +481,8 @@ _NEW_RUN = "start a new run (in fit: overwrite=True, or another checkpoint_path)
 
 def _refused_object(error: BaseException) -> str:
     """What weights_only loading refused, from its error ("Unsupported global: ..."), or ''."""
-    refused = re.search(r"WeightsUnpickler error: (.*?)(?= Please use|\n|$)", _ANSI_ESCAPE.sub("", str(error)))
+    # torch emboldens part of its message for terminals
+    refused = re.search(r"WeightsUnpickler error: (.*?)(?= Please use|\n|$)", ANSI_ESCAPE.sub("", str(error)))
     return refused.group(1).strip() if refused else ""
 
 
@@ -518,7 +526,7 @@ def _read_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for refused objects, RuntimeError for a damaged archive
-        message = _ANSI_ESCAPE.sub("", str(error))
+        message = ANSI_ESCAPE.sub("", str(error))  # torch emboldens text
         refused = _refused_object(error)
         # A file of another kind fails in the unpickler too, but names no refused object.
         if "weights only" in message.lower() and (refused or is_zip):
@@ -653,8 +661,8 @@ def _cpu_copy(value: Any) -> Any:
 
 def _restore(path: Path, state: dict, model, optimizer, scheduler, loader_generator, restore_rng: bool,
              new_settings: bool) -> None:
-    """Restore the checkpoint into what is given; on any failure, put back everything as it was."""
-    _check_fits(path, state, optimizer, scheduler, new_settings)
+    """Restore the checkpoint (already checked by ``_check_fits``) into what is given; on any
+    failure, put back everything as it was."""
     undo = []  # each step's way back, registered before the step: a failed load can leave half
     part = "model"
     try:
@@ -716,6 +724,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer:
     """
     path = Path(path)
     state = _read_checkpoint(path)
+    _check_fits(path, state, optimizer, scheduler, new_settings)
     _restore(path, state, model, optimizer, scheduler, loader_generator, restore_rng, new_settings)
     return state
 
@@ -743,7 +752,7 @@ def epoch_summary(bar: str, train: dict, val: dict | None) -> str:
 def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer: torch.optim.Optimizer,
         device: torch.device | str, epochs: int, *, checkpoint_path: str | Path | None = None,
         resume: bool = False, overwrite: bool = False, new_settings: bool = False, scheduler=None,
-        progress: bool | None = None, verbose: bool = True,
+        verbose: bool = True,
         on_epoch_end: Callable[[int, dict], bool | None] | None = None,
         correct_fn: Callable | None = count_correct) -> dict[str, list]:
     """Train for epochs ``1..epochs``, evaluating on ``val_loader`` (may be None) after each.
@@ -768,10 +777,11 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
     ``epochs`` no larger than the epochs the checkpoint holds: there is nothing left to train.
     A loss that becomes NaN or infinite stops training with a ``FloatingPointError`` that says
     how to go on; so do weights or a validation loss that are not finite at the end of an epoch
-    (its last steps diverged), before that epoch's checkpoint would replace the last good one. ``scheduler`` steps once per epoch. ``on_epoch_end(epoch, history)``
-    returning True stops early (the checkpoint of that epoch is still written). ``verbose``
-    prints two lines per epoch (``epoch_summary``); ``verbose=False`` shows nothing, not even a
-    progress bar, unless ``progress=True``.
+    (its last steps diverged), before that epoch's checkpoint would replace the last good one.
+
+    ``scheduler`` steps once per epoch. ``on_epoch_end(epoch, history)`` returning True stops
+    early (the checkpoint of that epoch is still written). ``verbose`` prints two lines per epoch
+    (``epoch_summary``); ``verbose=False`` shows nothing, not even a progress bar.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -805,8 +815,7 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
             print(f"resumed from {checkpoint_path} after epoch {state['epoch']}")
     elif resume and verbose:  # say so: a mistyped path would otherwise start over unnoticed
         print(f"no checkpoint at {checkpoint_path} yet: starting a new run")
-    # progress=True or False decides; by default a live bar where one can be drawn, none when quiet.
-    live = progress if progress is not None else (None if verbose else False)
+    live = None if verbose else False  # a live bar where a reader can see one; none when quiet
     for epoch in range(first_epoch, epochs + 1):
         bar = ProgressBar(_total_batches(train_loader), f"epoch {epoch:>{len(str(epochs))}}/{epochs}", live=live)
         with Timer(device) as epoch_time:

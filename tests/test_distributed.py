@@ -321,6 +321,15 @@ def test_accumulation_exercise_names_each_usual_mistake():
     in_float64 = judge_answer("distributed.accumulated_gradients",  # right, in another dtype
                               lambda *a: [g.double() for g in _accumulate(*a)])
     assert in_float64.status == PASSED, in_float64.message
+    def whole_batch(model, loss_fn, inputs, targets, micro_batches):  # right gradients, no accumulation
+        model.zero_grad()
+        loss_fn(model(inputs), targets).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    verdict = judge_answer("distributed.accumulated_gradients", whole_batch)
+    assert verdict.status == FAILED and verdict.message.startswith(
+        "on 12 examples in 3 micro-batches of 4, the model ran forward passes on batches of [12]: run forward "
+        "and backward on each of the 3 micro-batches of 4 in turn"), verdict.message
     for mistake, message in [({"divide": False}, "the gradients are 3 times too large"),
                              ({"zero": False}, "zero it first")]:
         verdict = judge_answer("distributed.accumulated_gradients",

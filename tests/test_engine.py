@@ -347,10 +347,13 @@ def test_backward_checks_its_seeds_and_outputs():
         backward([a, 1.0])
 
 
-def test_repr_shows_data_and_grad():
+def test_repr_shows_data_and_grad_and_the_operation_that_made_a_value():
     v = Value(2.0)
-    (v * 3).backward()
-    assert repr(v) == "Value(data=2, grad=3)"
+    product = v * 3
+    product.backward()
+    assert repr(v) == "Value(data=2, grad=3)"  # a leaf
+    assert repr(product) == "Value(data=6, grad=1, op='*')"
+    assert repr(v.tanh()).endswith("op='tanh')")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,6 +517,30 @@ def logistic_grad_right(X, t, w, b):
 def test_logistic_grad_reference_passes():
     verdict = judge_answer("autograd.logistic_grad", logistic_grad_right)
     assert verdict.status == PASSED, verdict.message
+
+
+def _logistic_grad_with_autograd(X, t, w, b, use_backward):
+    w, b = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(X @ w + b, t)
+    if use_backward:
+        loss.backward()
+        return w.grad, b.grad
+    return torch.autograd.grad(loss, (w, b))
+
+
+def test_logistic_grad_must_be_computed_without_autograd():
+    grad, backward = torch.autograd.grad, torch.autograd.backward
+    for use_backward, called in ((False, "torch.autograd.grad"), (True, "backward()")):
+        verdict = judge_answer("autograd.logistic_grad",
+                               lambda *args, b=use_backward: _logistic_grad_with_autograd(*args, b))
+        assert verdict.status == FAILED
+        assert verdict.message == ("on 4 points in 2 dimensions, the exercise asks for the gradient by hand, "
+                                   f"without autograd, but the answer called {called}"), verdict.message
+    # Autograd is back once the check is done.
+    assert (torch.autograd.grad, torch.autograd.backward) == (grad, backward)
+    x = torch.tensor(2.0, requires_grad=True)
+    (x * x).backward()
+    assert x.grad == 4
 
 
 @pytest.mark.parametrize("answer, message", [

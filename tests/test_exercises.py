@@ -211,6 +211,11 @@ def _reference_train_step(model, optimizer, inputs, targets):
     return loss.item()
 
 
+def _reference_logistic_grad(X, t, w, b):
+    error = torch.sigmoid(X @ w + b) - t  # dL/dz of the mean BCE, times n
+    return X.T @ error / len(t), error.mean()
+
+
 def _reference_answers() -> dict:
     """A right answer to each exercise of these four chapters, from helpers and PyTorch."""
     import torch.nn.functional as F
@@ -222,7 +227,7 @@ def _reference_answers() -> dict:
         "dynamic_graph.count_leaves": exercises._leaves_requiring_grad,
         "autograd.sigmoid_op": _reference_sigmoid,
         "autograd.train_step": _reference_train_step,
-        "autograd.logistic_grad": exercises._logistic_grad_by_autograd,
+        "autograd.logistic_grad": _reference_logistic_grad,  # by hand: the check refuses autograd
         "losses.mean_squared_error": losses.mean_squared_error,
         "losses.bce_with_logits": losses.binary_cross_entropy_with_logits,
         "losses.log_softmax": losses.log_softmax,

@@ -69,6 +69,14 @@ def test_channel_stats_agree_with_the_data_chapter():
         channel_stats(images.float())
 
 
+def test_channel_stats_is_the_population_standard_deviation():
+    # Two pixels per channel, where dividing by N - 1 instead of N doubles the variance.
+    images = torch.tensor([[[[0, 255]], [[51, 102]], [[255, 255]]]], dtype=torch.uint8)  # (1, 3, 1, 2)
+    mean, std = channel_stats(images)
+    torch.testing.assert_close(mean, torch.tensor([0.5, 0.3, 1.0]))
+    torch.testing.assert_close(std, torch.tensor([0.5, 0.1, 0.0]), rtol=0, atol=1e-7)
+
+
 def test_normalise_is_the_formula():
     images = torch.randint(0, 256, (3, 3, 4, 4), dtype=torch.uint8)
     mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])
@@ -524,9 +532,13 @@ def test_table_speedups_chart_and_the_sentence_about_the_run(monkeypatch):
     matplotlib.pyplot.close(figure)
     monkeypatch.setenv(runtime.QUICK_ENV, "1")
     sentence = describe_measurements(CPU, "generated stand-in (quick mode)")
-    assert sentence.startswith("These outputs are a stand-in run: it ran on cpu, not on a GPU")
-    assert "quick mode" in sentence and "GPU measurements this chapter is about are not on this page" in sentence
+    assert sentence.startswith("These outputs (data: generated stand-in (quick mode)) are not from the full run on "
+                               "a GPU that this chapter is about: it ran on cpu, not on a GPU, so the steps that "
+                               "need CUDA are skipped and the sizes are smaller; it ran in quick mode"), sentence
+    assert sentence.endswith("Their times say nothing about a GPU.")
     monkeypatch.setenv(runtime.QUICK_ENV, "0")
+    sentence = describe_measurements(CPU, "image folder cifar10-jpeg")
+    assert "(data: image folder cifar10-jpeg)" in sentence and "quick mode" not in sentence, sentence
     monkeypatch.setattr(fast.runtime, "device_name", lambda device: "cuda (NVIDIA H200)")
     assert describe_measurements("cuda", "image folder x") == (
         "These are measurements on cuda (NVIDIA H200), full run, with CIFAR-10 (image folder x).")
@@ -564,7 +576,7 @@ def test_smoothing_exercise_names_each_usual_mistake():
          "spreads the smoothing over the 3 wrong classes only"),
         (lambda l, t, s, ignore_index=-100: _smoothed(l, t, s, ignore_index) * (t != ignore_index).sum(),
          "That is the sum over the rows"),
-        (lambda l, t, s, ignore_index=-100: F.cross_entropy(l, t, ignore_index=ignore_index),
+        (lambda l, t, s, ignore_index=-100: _smoothed(l, t, 0.0, ignore_index),
          "That is the plain cross-entropy"),
         (lambda l, t, s, ignore_index=-100: _smoothed(l, t, s, ignore_index, mean_over="all"),
          "That divides by all 6 rows; the mean is over the 5 rows"),
@@ -582,6 +594,20 @@ def test_smoothing_exercise_names_each_usual_mistake():
         assert verdict.status == FAILED and message in verdict.message, verdict.message
 
 
+def test_the_smoothing_exercise_refuses_the_function_it_asks_to_write():
+    # The text says "without calling it": an answer that does fails, and the function is put back.
+    for answer in (lambda l, t, s, ignore_index=-100: F.cross_entropy(l, t, label_smoothing=s,
+                                                                      ignore_index=ignore_index),
+                   lambda l, t, s, ignore_index=-100: nn.CrossEntropyLoss(label_smoothing=s,
+                                                                          ignore_index=ignore_index)(l, t)):
+        verdict = judge_answer("fast_training.smoothed_cross_entropy", answer)
+        assert verdict.status == FAILED
+        assert verdict.message.endswith("the exercise asks for the loss without calling F.cross_entropy, but the "
+                                        "answer called F.cross_entropy"), verdict.message
+    logits, targets = torch.randn(4, 5), torch.tensor([1, 0, 3, 2])
+    torch.testing.assert_close(F.cross_entropy(logits, targets), _smoothed(logits, targets, 0.0))
+
+
 def _crops(images, padding, top, left, mode="reflect", swap_sizes=False):
     n, _, h, w = images.shape
     if swap_sizes:  # the height taken for the width and back: right only on square images
@@ -594,6 +620,14 @@ def _crops(images, padding, top, left, mode="reflect", swap_sizes=False):
 
 def test_crop_exercise_names_each_usual_mistake():
     assert judge_answer("fast_training.crop_batch", _crops).status == PASSED
+    # The text says "no Python loop over the images": right crops, one image at a time, fail.
+    def one_by_one(images, padding, top, left):
+        return torch.cat([_crops(images[i:i + 1], padding, top[i:i + 1], left[i:i + 1])
+                          for i in range(len(images))])
+
+    verdict = judge_answer("fast_training.crop_batch", one_by_one)
+    assert verdict.status == FAILED and verdict.message.startswith("the answer runs ") and (
+        "for 16: a Python loop over the images" in verdict.message), verdict.message
     for answer, message in [
         (lambda i, p, t, l: _crops(i, p, t, l, mode="constant"), "pad by mirroring the border"),
         (lambda i, p, t, l: _crops(i, p, l, t), "top[i] moves the window down"),
@@ -757,8 +791,8 @@ def test_a_quick_run_on_a_gpu_is_not_called_a_full_run(monkeypatch):
     monkeypatch.setenv(runtime.QUICK_ENV, "1")
     monkeypatch.setattr(fast.runtime, "device_name", lambda device: "cuda (NVIDIA H200)")
     sentence = describe_measurements("cuda", "generated stand-in (quick mode)")
-    assert sentence.startswith("These outputs are a stand-in run: it ran in quick mode (small sizes, generated "
-                               "stand-in (quick mode))."), sentence
+    assert sentence.startswith("These outputs (data: generated stand-in (quick mode)) are not from the full run on "
+                               "a GPU that this chapter is about: it ran in quick mode (small sizes)."), sentence
 
 
 def test_the_profile_ranks_operators_not_its_own_markers(tiny):

@@ -316,6 +316,11 @@ def test_plot_confusion_matrix_writes_every_count():
     assert texts == sorted(str(v) for row in CONFUSION for v in row)
     with pytest.raises(ValueError, match="2 class names for a 3x3 confusion matrix"):
         plot_confusion_matrix(torch.tensor(CONFUSION), ["cat", "dog"])
+    # Names, as classification_report wants: not a string of letters, not indices.
+    with pytest.raises(TypeError, match="got the string 'cdf'"):
+        plot_confusion_matrix(torch.tensor(CONFUSION), "cdf")
+    with pytest.raises(TypeError, match="not their indices"):
+        plot_confusion_matrix(torch.tensor(CONFUSION), [0, 1, 2])
     matplotlib.pyplot.close("all")
 
 

@@ -92,6 +92,27 @@ def test_nbval_is_strict_a_stale_output_fails(tmp_path):
     assert "1 failed" in result.stdout
 
 
+def test_the_projects_own_nbval_settings_are_strict(tmp_path):
+    # The settings the suite runs with (pyproject.toml's addopts, tests/sanitize.cfg), not nbval's
+    # defaults: "--nbval-lax", or a sanitizing rule that blanks whole outputs, would pass this.
+    good, stale = tmp_path / "good.ipynb", tmp_path / "stale.ipynb"
+    nbformat.write(_tiny_notebook("42\n"), good)
+    nbformat.write(_tiny_notebook("41\n"), stale)
+    for path, returncode in ((good, 0), (stale, 1)):
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-c", str(ROOT / "pyproject.toml"),
+                                 "--rootdir", str(ROOT), str(path)], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == returncode, result.stdout[-2000:]
+
+
+def test_processes_the_tests_start_import_this_checkouts_helpers():
+    # conftest.py puts the checkout first on PYTHONPATH: a kernel started in book/ must not find
+    # another installed copy of the package.
+    code = "import helpers, pathlib; print(pathlib.Path(helpers.__file__).resolve().parents[1])"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=ROOT / "book").stdout.strip()
+    assert found == str(ROOT)
+
+
 def test_an_unexecuted_or_erroring_notebook_is_caught():
     unexecuted = _tiny_notebook(None)
     assert problems(unexecuted)[-1] == "code cell 0 was never executed, so nbval would compare nothing there"

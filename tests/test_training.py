@@ -37,7 +37,7 @@ def _run(standin, epochs, checkpoint=None, resume=False, seed=0, num_workers=0):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     history = fit(model, make_loader(train, 32, shuffle=True, num_workers=num_workers),
                   make_loader(validation, 64, shuffle=False, num_workers=num_workers), nn.CrossEntropyLoss(),
-                  optimizer, CPU, epochs, checkpoint_path=checkpoint, resume=resume, progress=False, verbose=False)
+                  optimizer, CPU, epochs, checkpoint_path=checkpoint, resume=resume, verbose=False)
     return model, optimizer, history
 
 
@@ -169,7 +169,7 @@ def test_resuming_with_loader_workers_and_a_loader_generator(standin, tmp_path):
                             generator=torch.Generator().manual_seed(7) if not resume else torch.Generator())
         fit(model, loader, None, nn.CrossEntropyLoss(), optimizer, CPU, epochs,
             checkpoint_path=tmp_path / "g.pt" if epochs < 3 or resume else None, resume=resume,
-            progress=False, verbose=False)
+            verbose=False)
         return model
 
     reference = run(3, False, 0)
@@ -205,7 +205,7 @@ def _fit_slice(standin, epochs, checkpoint, make_optimizer=None, make_scheduler=
     optimizer = (make_optimizer or (lambda p: torch.optim.Adam(p, lr=1e-3)))(model.parameters())
     scheduler = make_scheduler(optimizer) if make_scheduler else None
     history = fit(model, make_loader(standin[0], 64, shuffle=True, num_workers=0), None, loss_fn, optimizer, CPU,
-                  epochs, checkpoint_path=checkpoint, scheduler=scheduler, progress=False,
+                  epochs, checkpoint_path=checkpoint, scheduler=scheduler,
                   verbose=False, **options)
     return model, optimizer, scheduler, history
 
@@ -345,7 +345,7 @@ def test_early_stopping_callback_and_scheduler(standin, tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     history = fit(model, DataLoader(train, batch_size=64), None, nn.CrossEntropyLoss(), optimizer, CPU, 5,
-                  checkpoint_path=tmp_path / "c.pt", scheduler=scheduler, progress=False, verbose=False,
+                  checkpoint_path=tmp_path / "c.pt", scheduler=scheduler, verbose=False,
                   on_epoch_end=lambda epoch, history: epoch == 2)
     assert history["epoch"] == [1, 2] and all(math.isnan(v) for v in history["val_loss"])
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
@@ -1132,8 +1132,7 @@ def test_a_checkpoint_path_that_is_a_folder_is_refused_before_training(standin, 
 def test_resuming_from_a_path_with_no_checkpoint_says_it_starts_a_new_run(standin, tmp_path, capsys):
     model = SmallCNN()
     fit(model, make_loader(Subset(standin[0], range(64)), 64, shuffle=False, num_workers=0), None, nn.CrossEntropyLoss(),
-        torch.optim.SGD(model.parameters(), lr=0.1), CPU, 1, checkpoint_path=tmp_path / "typo.pt", resume=True,
-        progress=False)
+        torch.optim.SGD(model.parameters(), lr=0.1), CPU, 1, checkpoint_path=tmp_path / "typo.pt", resume=True)
     assert capsys.readouterr().out.startswith(f"no checkpoint at {tmp_path / 'typo.pt'} yet: starting a new run\n")
 
 
