@@ -256,23 +256,22 @@ class _RuleBroken(Exception):
 
 
 def _forbidding(answer: Callable, calls: list[tuple[Any, str, str]], rule: str) -> Callable:
-    """``answer``, run while each ``(owner, attribute, shown name)`` of ``calls`` raises instead:
-    the exercise asks for the work done without them ("without autograd"). Only the answer's
-    calls are affected; the check's own reference, run outside, still uses them."""
-    def refusing(shown: str) -> Callable:
-        def refused(*args, **kwargs):
-            raise _RuleBroken(f"{rule}, but the answer called {shown}")
-        return refused
+    """``answer``, run while each ``(owner, attribute, shown name)`` of ``calls`` raises instead.
+    A TorchFunctionMode sees the call whatever name the answer reached it by (``from torch.autograd
+    import grad``), and only in this thread: nothing is patched."""
+    from torch.overrides import TorchFunctionMode
+
+    refused = {getattr(owner, attribute): shown for owner, attribute, shown in calls}
+
+    class Refusing(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in refused:
+                raise _RuleBroken(f"{rule}, but the answer called {refused[func]}")
+            return func(*args, **(kwargs or {}))
 
     def run(*args, **kwargs):
-        originals = [(owner, attribute, getattr(owner, attribute)) for owner, attribute, _ in calls]
-        try:
-            for owner, attribute, shown in calls:
-                setattr(owner, attribute, refusing(shown))
+        with Refusing():
             return answer(*args, **kwargs)
-        finally:
-            for owner, attribute, original in originals:
-                setattr(owner, attribute, original)
     return run
 
 
@@ -1602,7 +1601,8 @@ register(Exercise(
     atol=1e-9,
     rtol=1e-7,
     forbids=([(torch.autograd, "grad", "torch.autograd.grad"),
-              (torch.autograd, "backward", "backward()")],
+              (torch.autograd, "backward", "backward()"),
+              (torch.Tensor, "backward", "backward()")],
              "the exercise asks for the gradient by hand, without autograd"),
 ))
 
@@ -1700,7 +1700,7 @@ register(Exercise(
          "is over them alone.",
     judge=judge_cases(_fast_smoothing_cases, _fast_true_smoothing, _fast_smoothing_mistake),
     # torch._C._nn.cross_entropy_loss is what F.cross_entropy and nn.CrossEntropyLoss run.
-    forbids=([(torch._C._nn, "cross_entropy_loss", "F.cross_entropy")],
+    forbids=([(torch.nn.functional, "cross_entropy", "F.cross_entropy")],
              "the exercise asks for the loss without calling F.cross_entropy"),
     # Without an explain: _fast_smoothing_mistake names the numbers of rows and classes of the case.
     hidden=HiddenCases(_fast_hidden_smoothing, _fast_true_smoothing,
@@ -1937,7 +1937,9 @@ def _distributed_judge_accumulation(answer: Callable) -> str | None:
         for p in model.parameters():  # stale gradients from an earlier step
             p.grad = torch.ones_like(p)
         seen = []  # the batch size of every forward pass the answer runs
-        recording = model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+        recording = model[0].register_forward_pre_hook(  # the first layer: model(x), model.forward(x), kwargs
+            lambda module, args, kwargs: seen.append(len(args[0] if args else next(iter(kwargs.values())))),
+            with_kwargs=True)
         try:
             got = call_answer(answer, label, model, loss_fn, inputs.clone(), targets.clone(), micro_batches)
         finally:

@@ -917,8 +917,8 @@ def describe_measurements(device: torch.device | str, data_source: str) -> str:
         return f"These are measurements on {where}, full run, with CIFAR-10 ({data_source})."
     reasons = []
     if device.type != "cuda":
-        reasons.append(f"it ran on {where}, not on a GPU, so the steps that need CUDA are skipped and the "
-                       "sizes are smaller")
+        reasons.append(f"it ran on {where}, not on an NVIDIA GPU, so the steps that need CUDA are skipped "
+                       "and the sizes are smaller")
     if runtime.quick_mode():
         reasons.append("it ran in quick mode (small sizes)")
     return (f"These outputs (data: {data_source}) are not from the full run on a GPU that this chapter is "

@@ -85,7 +85,7 @@ def describe_run(device: torch.device | str | None = None, smaller_without_gpu: 
     """One line saying where and how this notebook runs, for the top of a chapter that trains.
 
     On a CPU it says that training will be slow; in quick mode, that the numbers are not the book's.
-    ``smaller_without_gpu`` says what a chapter makes smaller when it finds no GPU (``"3 epochs,
+    ``smaller_without_gpu`` says what a chapter makes smaller without a CUDA GPU (``"3 epochs,
     not the article's 10"``), so that such a run is not called full.
     """
     device = torch.device(device) if device is not None else pick_device()
@@ -95,7 +95,7 @@ def describe_run(device: torch.device | str | None = None, smaller_without_gpu: 
     if quick_mode():
         line += ". Quick mode: small data and short training, so the numbers differ from the book's."
     elif device.type != "cuda" and smaller_without_gpu:
-        line += f". A smaller run than the full one, for want of a GPU: {smaller_without_gpu}."
+        line += f". A smaller run than the full one, which needs an NVIDIA GPU: {smaller_without_gpu}."
     else:
         line += ". Full run."
     return line

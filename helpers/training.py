@@ -275,7 +275,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
         if correct_fn is not None:
             total_correct += correct_fn(outputs.detach(), targets)
         samples += n
-        bar.update(loss.detach())
+        bar.update(loss)  # read only when it redraws
     bar.done()  # stop its clock; finish it, unless fit will
     return _summary(total_loss, total_correct, samples, correct_fn,
                     training=True)

@@ -536,6 +536,15 @@ def test_logistic_grad_must_be_computed_without_autograd():
         assert verdict.status == FAILED
         assert verdict.message == ("on 4 points in 2 dimensions, the exercise asks for the gradient by hand, "
                                    f"without autograd, but the answer called {called}"), verdict.message
+    # Under another name, imported before the check, it is still autograd.
+    from torch.autograd import grad as gradient_of
+
+    def aliased(X, t, w, b):
+        w, b = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+        return gradient_of(torch.nn.functional.binary_cross_entropy_with_logits(X @ w + b, t), (w, b))
+
+    verdict = judge_answer("autograd.logistic_grad", aliased)
+    assert verdict.status == FAILED and verdict.message.endswith("called torch.autograd.grad"), verdict.message
     # Autograd is back once the check is done.
     assert (torch.autograd.grad, torch.autograd.backward) == (grad, backward)
     x = torch.tensor(2.0, requires_grad=True)

@@ -533,8 +533,8 @@ def test_table_speedups_chart_and_the_sentence_about_the_run(monkeypatch):
     monkeypatch.setenv(runtime.QUICK_ENV, "1")
     sentence = describe_measurements(CPU, "generated stand-in (quick mode)")
     assert sentence.startswith("These outputs (data: generated stand-in (quick mode)) are not from the full run on "
-                               "a GPU that this chapter is about: it ran on cpu, not on a GPU, so the steps that "
-                               "need CUDA are skipped and the sizes are smaller; it ran in quick mode"), sentence
+                               "a GPU that this chapter is about: it ran on cpu, not on an NVIDIA GPU, so the steps "
+                               "that need CUDA are skipped and the sizes are smaller; it ran in quick mode"), sentence
     assert sentence.endswith("Their times say nothing about a GPU.")
     monkeypatch.setenv(runtime.QUICK_ENV, "0")
     sentence = describe_measurements(CPU, "image folder cifar10-jpeg")

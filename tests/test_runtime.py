@@ -95,7 +95,7 @@ def test_describe_run_warns_on_a_cpu_and_in_quick_mode(monkeypatch):
     assert runtime.describe_run("cpu").endswith(". Full run.")
     # A chapter that trains less without a GPU says so, instead of "Full run."
     assert runtime.describe_run("cpu", smaller_without_gpu="3 epochs, not 10").endswith(
-        ". A smaller run than the full one, for want of a GPU: 3 epochs, not 10.")
+        ". A smaller run than the full one, which needs an NVIDIA GPU: 3 epochs, not 10.")
     monkeypatch.setattr(runtime, "device_name", lambda device: "cuda (NVIDIA H200)")
     assert runtime.describe_run("cuda", smaller_without_gpu="3 epochs, not 10") == (
         "Running on cuda (NVIDIA H200). Full run.")

@@ -659,6 +659,23 @@ def test_train_one_epoch_alone_shows_its_bar_only_when_asked(standin, capsys):
     assert "warm-up" in err  # the live tqdm bar, on stderr, cleared at the end
 
 
+def test_train_one_epoch_finishes_its_own_bar_where_a_reader_sees_it_and_never_a_callers(standin, capsys,
+                                                                                         monkeypatch):
+    # A notebook executed for the book (headless): the bar is not live, but the finished bar is
+    # printed where a reader will see the page. A bar the caller passed is the caller's to finish.
+    monkeypatch.setattr(training, "_in_notebook", lambda: True)
+    monkeypatch.setenv(training.EXECUTING_ENV, "1")
+    model = SmallCNN()
+    loader = DataLoader(standin[1], batch_size=32)
+    args = (model, loader, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.01), CPU)
+    train_one_epoch(*args, description="alone")
+    out, _ = capsys.readouterr()
+    assert re.fullmatch(r"alone: 100%\|██████████\| 2/2 \[\d\d:\d\d<00:00, .*\]\n", out), out
+    bar = training.ProgressBar(len(loader), "owned")
+    train_one_epoch(*args, progress=bar)
+    assert capsys.readouterr() == ("", "") and bar.count == 2
+
+
 NOTEBOOK_FIT = """\
 import torch
 from torch import nn
