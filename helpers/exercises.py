@@ -1753,8 +1753,11 @@ def _fast_crop_mistake(got: Any, want: torch.Tensor, images, padding, top, left)
 
 
 def _fast_crop_in_one_go(answer: Callable) -> str | None:
-    """A failure when the answer's number of tensor operations grows with the number of images:
-    a Python loop over them, which the exercise rules out."""
+    """A failure when the work the answer does grows with the number of images: a Python loop
+    over them, which the exercise rules out. Counted twice: tensor operations (a loop of torch
+    calls) and lines of the answer's own code (a loop in Python or NumPy)."""
+    import sys
+
     from torch.overrides import TorchFunctionMode
 
     class Counting(TorchFunctionMode):
@@ -1766,17 +1769,36 @@ def _fast_crop_in_one_go(answer: Callable) -> str | None:
             self.operations += 1
             return func(*args, **(kwargs or {}))
 
+    lines = 0
+    learners = {}  # file name -> whether it holds the learner's code, not a library's
+
+    def count_lines(frame, event, arg):
+        nonlocal lines
+        name = frame.f_code.co_filename
+        if name not in learners:
+            learners[name] = not _in_course_or_library(name)
+        if not learners[name]:
+            return None  # no line events inside torch, NumPy or the course's helpers
+        lines += event == "line"
+        return count_lines
+
     generator = torch.Generator().manual_seed(1)
-    counted = {}
+    work = {}
     for n in (2, 16):
         images = torch.randn(n, 3, 8, 8, generator=generator)
         top, left = torch.randint(0, 5, (2, n), generator=generator)
-        with Counting() as counting:
-            call_answer(answer, f"{n} images of 3x8x8, padding 2", images, 2, top, left)
-        counted[n] = counting.operations
-    if counted[16] > counted[2]:
-        return (f"the answer runs {counted[2]} tensor operations for 2 images and {counted[16]} for 16: "
-                f"a Python loop over the images. Build index tensors and gather every crop in one go")
+        lines, previous = 0, sys.gettrace()
+        sys.settrace(count_lines)
+        try:
+            with Counting() as counting:
+                call_answer(answer, f"{n} images of 3x8x8, padding 2", images, 2, top, left)
+        finally:
+            sys.settrace(previous)
+        work[n] = (counting.operations, lines)
+    if work[16][0] > work[2][0] or work[16][1] > work[2][1]:
+        return (f"the answer runs {work[2][0]} tensor operations and {work[2][1]} lines of its own code "
+                f"for 2 images, and {work[16][0]} and {work[16][1]} for 16: a Python loop over the "
+                f"images. Build index tensors and gather every crop in one go")
     return None
 
 
