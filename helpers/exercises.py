@@ -80,7 +80,9 @@ class Exercise:
     wrong one (see ``first_failure``). A ``judge(answer)`` instead returns a failure message, or
     None when the answer is right, for answers that are not pure functions. ``hidden``, if given,
     runs after either has passed. ``forbids``, ``([(owner, attribute, shown name), ...], rule)``,
-    makes those functions raise while the answer runs, for an exercise whose text rules them out.
+    makes those functions raise while the answer runs, for an exercise whose text rules them out:
+    public functions that PyTorch dispatches (``torch.nn.functional.l1_loss``), not the
+    ``torch._C`` functions they call.
     """
 
     name: str  # "<chapter notebook>.<what>", e.g. "dynamic_graph.count_nodes"
@@ -1699,7 +1701,7 @@ register(Exercise(
          "not ignore_index, and use only those rows (F.one_hot refuses a target of -100); the mean "
          "is over them alone.",
     judge=judge_cases(_fast_smoothing_cases, _fast_true_smoothing, _fast_smoothing_mistake),
-    # torch._C._nn.cross_entropy_loss is what F.cross_entropy and nn.CrossEntropyLoss run.
+    # nn.CrossEntropyLoss calls F.cross_entropy too, so it is refused as well.
     forbids=([(torch.nn.functional, "cross_entropy", "F.cross_entropy")],
              "the exercise asks for the loss without calling F.cross_entropy"),
     # Without an explain: _fast_smoothing_mistake names the numbers of rows and classes of the case.

@@ -922,6 +922,14 @@ def test_the_guides_example_exercise_runs_and_gives_the_verdicts_it_shows(monkey
     assert as_float.message.endswith("expected a tensor, got float 1.0")  # no mistake matched, none raised
     assert '"losses.mean_absolute_error": torch.nn.functional.l1_loss' in section  # its reference answer
 
+    # The guide's `forbids=` example, added to the exercise, refuses the function it names.
+    import torch
+    forbids = " ".join(re.search(r"`forbids=(\(.*?\))`", section, re.S).group(1).split())  # rewrapped
+    monkeypatch.setattr(exercises.EXERCISES[name], "forbids", eval(forbids, {"torch": torch}))
+    calls_it = exercises.judge_answer(name, torch.nn.functional.l1_loss)
+    assert calls_it.status == exercises.FAILED and calls_it.message.endswith(
+        "the exercise asks for the loss without calling F.l1_loss, but the answer called F.l1_loss"), calls_it.message
+
 
 def test_an_answer_that_kills_the_kernel_fails_its_own_exercise(tmp_path):
     nbformat.write(_notebook("import os\n\ndef count_nodes(t):\n    os._exit(1)",
