@@ -151,6 +151,21 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _is_int(value: Any) -> bool:
+    """An integer: Python's, NumPy's, or a 0-d tensor of an integer dtype; never a bool."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() \
+            and value.dtype != torch.bool
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _equals(value: Any, number: int) -> bool:
+    """Whether a number, or a tensor of one element (not a bool), has the value ``number``."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and value.dtype != torch.bool and value.item() == number
+    return value == number
+
+
 def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> None:
     """Raise ``_Mismatch`` saying how ``got`` differs from ``expected``; return if they agree."""
     if isinstance(expected, torch.Tensor):
@@ -187,10 +202,15 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
                 raise _Mismatch(f"item {i}: {err}") from None
         return
     if isinstance(expected, int) and not isinstance(expected, bool):
-        # A NumPy integer is an integer too; a bool or a float is not.
-        if isinstance(got, bool) or not isinstance(got, numbers.Integral) or int(got) != expected:
-            raise _Mismatch(f"expected {_describe(expected)}, got {_describe(got)}")
-        return
+        # A NumPy integer or an integer tensor of one element is an integer too; a bool or a float is not.
+        if isinstance(got, torch.Tensor) and got.numel() == 1 and _is_int(got.reshape(())):
+            got = got.item()
+        if _is_int(got) and int(got) == expected:
+            return
+        if not isinstance(got, bool) and isinstance(got, (numbers.Real, torch.Tensor)) and _equals(got, expected):
+            raise _Mismatch(f"expected the int {expected}, got {_describe(got)}: the value is right, "
+                            f"but return it as an int (int(...), or // for a division)")
+        raise _Mismatch(f"expected {_describe(expected)}, got {_describe(got)}")
     if type(got) is not type(expected) or got != expected:
         raise _Mismatch(f"expected {_describe(expected)}, got {_describe(got)}")
 
@@ -293,13 +313,34 @@ def call_answer(answer: Callable, label: str, *args, **kwargs):
         raise _AnswerFailed(f"on {label}, the answer raised {_error_summary(error)}") from error
 
 
-def _error_summary(error: BaseException, limit: int = 300) -> str:
+def _error_summary(error: BaseException, limit: int = 300, where: bool = True) -> str:
     """``Type: message (line ...)``, the message cut to its first line (PyTorch's can run to pages)."""
     lines = str(error).strip().splitlines()
     message = lines[0] if lines else ""
     if len(message) > limit or len(lines) > 1:
         message = message[:limit].rstrip() + " ..."
-    return f"{type(error).__name__}: {message}{_where_it_raised(error)}"
+    return f"{type(error).__name__}: {message}{_where_it_raised(error) if where else ''}"
+
+
+def backward_of_answer(result: Any, label: str) -> None:
+    """``result.backward()`` on what the answer returned (a tensor, or a Value of the engine). An
+    error there comes from how the answer built its result, so the check fails naming ``label``
+    and the usual cause; it is never reported as a failure of the check itself."""
+    try:
+        result.backward()
+    except Exception as error:
+        text = str(error)
+        if "modified by an inplace operation" in text:
+            why = (": a tensor that autograd saved for the backward pass was changed in place "
+                   "(x += ..., x -= ..., or a method ending in _); write that line out of place, "
+                   "x = x + ...")
+        elif isinstance(error, TypeError) and "positional argument" in text:
+            why = (": the engine calls each result's _backward with the result's gradient, so the "
+                   "closure takes that one argument (look at Value.tanh)")
+        else:
+            why = ""
+        raise _AnswerFailed(f"on {label}, backward() through the answer's result raised "
+                            f"{_error_summary(error, where=False)}{why}") from error
 
 
 def _fresh(value: Any) -> Any:
@@ -682,10 +723,11 @@ def _losses_bce_gradient(answer: Callable) -> str | None:
     and right at z = 0 exactly, where clamp, max and abs have a kink?"""
     values, labels = [-200.0, -3.0, 0.0, 0.0, 0.5, 200.0], [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
     logits, targets = torch.tensor(values, requires_grad=True), torch.tensor(labels)
-    loss = call_answer(answer, f"logits {values} that require a gradient", logits, targets)
+    label = f"logits {values} that require a gradient"
+    loss = call_answer(answer, label, logits, targets.clone())
     if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
         return _NOT_CONNECTED
-    loss.backward()
+    backward_of_answer(loss, label)
     want = (torch.sigmoid(logits.detach()) - targets) / len(targets)
     if logits.grad is None or not torch.allclose(logits.grad, want, atol=1e-6, rtol=1e-5):
         got = None if logits.grad is None else [round(g, 4) for g in logits.grad.tolist()]
@@ -838,10 +880,10 @@ def _losses_ce_gradient(answer: Callable) -> str | None:
     values, labels = [[0.5, 2.0, -1.0], [float("inf"), 0.0, 0.0], [1.0, 1.0, 3.0]], [1, -100, 2]
     logits, targets = torch.tensor(values, requires_grad=True), torch.tensor(labels)
     described = f"logits {values} that require a gradient and targets {labels}"
-    loss = call_answer(answer, described, logits, targets)
+    loss = call_answer(answer, described, logits, targets.clone())  # the answer's own copy
     if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
         return _NOT_CONNECTED
-    loss.backward()
+    backward_of_answer(loss, described)
     kept = targets != -100
     want = torch.zeros_like(logits)
     want[kept] = (torch.softmax(logits.detach()[kept], -1)
@@ -1090,8 +1132,9 @@ def _judge_learning_rate(answer) -> str | None:
         lr = call_answer(answer, f"a={a}, b={b}", a, b)
         if isinstance(lr, torch.Tensor) and lr.numel() == 1:
             lr = lr.item()
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr):
             return f"for a={a}, b={b}, expected a learning rate (a number), got {_describe(lr)}"
+        lr = float(lr)  # a NumPy float or a Fraction is a number too
         if lr <= 0:
             return f"for a={a}, b={b}, the answer gave lr={lr:g}: a learning rate must be positive"
         xy = torch.ones(2, dtype=torch.float64, requires_grad=True)
@@ -1408,8 +1451,10 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
         want = loss_fn(model(inputs), targets).item()
     model.train()
     mean_of_batch_means = _training_mean_of_batch_means(model, loader, loss_fn)
-    seen = []  # (grad mode, training mode) at each forward pass
-    model.register_forward_hook(lambda module, args, output: seen.append((torch.is_grad_enabled(), module.training)))
+    seen = []  # (grad mode, training mode) of every layer the answer runs
+    for layer in model:  # not the model itself: model.forward(x) would pass its hooks by
+        layer.register_forward_hook(lambda module, args, output: seen.append((torch.is_grad_enabled(),
+                                                                              module.training)))
     label = "a model with dropout and a loader of 10 samples in batches of 4, 4 and 2"
     got = call_answer(answer, label, model, loader, loss_fn)
     if isinstance(got, torch.Tensor) and got.numel() == 1:
@@ -1455,8 +1500,12 @@ def _judge_sigmoid_op(answer: Callable) -> str | None:
     def sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
 
-    def close(a: float, b: float) -> bool:
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    def close(a: float, b: float) -> bool:  # float32 arithmetic (torch.sigmoid) is close enough
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+    def shown(got: float, want: float) -> tuple[str, str]:  # 4 digits, or as many as tell them apart
+        digits = next((d for d in (4, 7, 10) if f"{got:.{d}g}" != f"{want:.{d}g}"), 17)
+        return f"{got:.{digits}g}", f"{want:.{digits}g}"
 
     for x in (-2.0, 0.0, 0.7, 3.0):
         v = Value(x)
@@ -1466,32 +1515,37 @@ def _judge_sigmoid_op(answer: Callable) -> str | None:
                     f"Value(number, (v,), 'sigmoid')")
         s = sigmoid(x)
         if not close(out.data, s):
-            return f"sigmoid(v).data is {out.data:.4g} at v = {x:g}, but sigmoid({x:g}) = {s:.4g}"
+            got, want = shown(out.data, s)
+            return f"sigmoid(v).data is {got} at v = {x:g}, but sigmoid({x:g}) = {want}"
         if len(out._parents) != 1 or out._parents[0] is not v:
             return ("sigmoid(v) should be one new Value whose only parent is v, with its own backward "
                     "closure; this one was built from other operations of the engine")
-        out.backward()
+        backward_of_answer(out, f"v = Value({x:g})")
         if not close(v.grad, s * (1 - s)):
             hint = ": set out._backward to a closure that adds to v.grad" if v.grad == 0 else ""
-            return (f"after sigmoid(v).backward() at v = {x:g}, v.grad is {v.grad:.4g} but should be "
-                    f"{s * (1 - s):.4g}{hint}")
+            got, want = shown(v.grad, s * (1 - s))
+            return f"after sigmoid(v).backward() at v = {x:g}, v.grad is {got} but should be {want}{hint}"
 
     v = Value(1.0)  # the closure must scale by the gradient it is given, here 3
-    (call_answer(answer, "v = Value(1), in sigmoid(v) * 3", v) * 3).backward()
+    label = "v = Value(1), in sigmoid(v) * 3"
+    backward_of_answer(call_answer(answer, label, v) * 3, label)
     s = sigmoid(1.0)
     if not close(v.grad, 3 * s * (1 - s)):
         hint = (": multiply the local derivative by the gradient the closure receives"
                 if close(v.grad, s * (1 - s)) else "")
-        return f"on sigmoid(v) * 3, v.grad is {v.grad:.4g} but should be {3 * s * (1 - s):.4g}{hint}"
+        got, want = shown(v.grad, 3 * s * (1 - s))
+        return f"on sigmoid(v) * 3, v.grad is {got} but should be {want}{hint}"
 
     v = Value(1.5)  # v reaches the output along two paths; the closure must add, not overwrite
-    (call_answer(answer, "v = Value(1.5), in sigmoid(v) * v", v) * v).backward()
+    label = "v = Value(1.5), in sigmoid(v) * v"
+    backward_of_answer(call_answer(answer, label, v) * v, label)
     s = sigmoid(1.5)
     right, overwritten = s * (1 - s) * 1.5 + s, s * (1 - s) * 1.5
     if not close(v.grad, right):
         hint = ": add to v.grad (+=) instead of overwriting it" if close(v.grad, overwritten) else ""
+        got, want = shown(v.grad, right)
         return (f"on sigmoid(v) * v, where v also receives a gradient along another path, v.grad is "
-                f"{v.grad:.4g} but should be {right:.4g}{hint}")
+                f"{got} but should be {want}{hint}")
     return None
 
 
@@ -1886,8 +1940,9 @@ def _distributed_judge_shards(answer: Callable) -> str | None:
         n, world, rank, _ = case.args
         want = _distributed_sampler_indices(*case.args, **case.kwargs)
         got = call_answer(answer, case.label, *case.args, **case.kwargs)
-        if not isinstance(got, list) or not all(isinstance(i, int) for i in got):
+        if not isinstance(got, list) or not all(_is_int(i) for i in got):
             return f"on {case.label}, expected a list of ints, got {_describe(got)}"
+        got = [int(i) for i in got]  # a NumPy or 0-d tensor integer is an int too
         if got == want:
             continue
         mistake = _distributed_shard_mistake(got, *case.args, **case.kwargs)
@@ -1924,9 +1979,9 @@ _DISTRIBUTED_SHARD_MISTAKES = {  # the mistakes of _distributed_shard_mistake, i
 
 
 def _distributed_shard_explain(got: Any, want: list[int], *args, **kwargs) -> str:
-    if not isinstance(got, list) or not all(isinstance(i, int) for i in got):
+    if not isinstance(got, list) or not all(_is_int(i) for i in got):
         return "Return a list of ints"
-    return _DISTRIBUTED_SHARD_MISTAKES.get(_distributed_shard_mistake(got, *args, **kwargs), "")
+    return _DISTRIBUTED_SHARD_MISTAKES.get(_distributed_shard_mistake([int(i) for i in got], *args, **kwargs), "")
 
 
 register(Exercise(
@@ -1960,10 +2015,13 @@ def _distributed_judge_accumulation(answer: Callable) -> str | None:
         label = f"12 examples in {micro_batches} micro-batches of {12 // micro_batches}"
         for p in model.parameters():  # stale gradients from an earlier step
             p.grad = torch.ones_like(p)
-        seen = []  # the batch size of every forward pass the answer runs
-        recording = model[0].register_forward_pre_hook(  # the first layer: model(x), model.forward(x), kwargs
-            lambda module, args, kwargs: seen.append(len(args[0] if args else next(iter(kwargs.values())))),
-            with_kwargs=True)
+        seen = []  # the batch size of every forward pass the answer trains through
+
+        def record(module, args, kwargs):  # a pass under no_grad (a loss to print, say) trains nothing
+            if torch.is_grad_enabled():
+                seen.append(len(args[0] if args else next(iter(kwargs.values()))))
+        # On the first layer, so that model(x), model.forward(x) and keyword calls are all seen.
+        recording = model[0].register_forward_pre_hook(record, with_kwargs=True)
         try:
             got = call_answer(answer, label, model, loss_fn, inputs.clone(), targets.clone(), micro_batches)
         finally:

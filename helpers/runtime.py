@@ -3,7 +3,8 @@
 Introduced in the preface and used by every chapter.
 
 Quick mode (``COURSE_QUICK=1``) shrinks every notebook so that it runs on two CPU cores without
-network: small data, one short epoch. The test suite runs in quick mode; readers get the full run.
+network: small data, one to three short epochs. The test suite runs in quick mode; readers get
+the full run.
 """
 
 from __future__ import annotations

@@ -441,7 +441,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         try:
             torch.load(temporary, map_location="cpu", weights_only=True)
         except Exception as error:
-            refused = _refused_object(error)
+            refused = _refused_object(ANSI_ESCAPE.sub("", str(error)))
             raise CheckpointError(f"{path} was not written: the checkpoint would hold Python objects that "
                                   f"weights_only loading refuses" + (f" ({refused})" if refused else "")
                                   + ": keep the history and the optimizer's settings to numbers, strings, "
@@ -479,10 +479,9 @@ _RECOVER = ("restore it from a copy, or start the run again (fit with overwrite=
 _NEW_RUN = "start a new run (in fit: overwrite=True, or another checkpoint_path)"
 
 
-def _refused_object(error: BaseException) -> str:
-    """What weights_only loading refused, from its error ("Unsupported global: ..."), or ''."""
-    # torch emboldens part of its message for terminals
-    refused = re.search(r"WeightsUnpickler error: (.*?)(?= Please use|\n|$)", ANSI_ESCAPE.sub("", str(error)))
+def _refused_object(message: str) -> str:
+    """What weights_only loading refused, from its error message ("Unsupported global: ..."), or ''."""
+    refused = re.search(r"WeightsUnpickler error: (.*?)(?= Please use|\n|$)", message)
     return refused.group(1).strip() if refused else ""
 
 
@@ -526,8 +525,8 @@ def _read_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError for refused objects, RuntimeError for a damaged archive
-        message = ANSI_ESCAPE.sub("", str(error))  # torch emboldens text
-        refused = _refused_object(error)
+        message = ANSI_ESCAPE.sub("", str(error))  # torch emboldens part of it for terminals
+        refused = _refused_object(message)
         # A file of another kind fails in the unpickler too, but names no refused object.
         if "weights only" in message.lower() and (refused or is_zip):
             raise CheckpointError(f"{path} holds Python objects that weights_only loading refuses, so it was "

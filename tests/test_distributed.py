@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -335,6 +336,27 @@ def test_accumulation_exercise_names_each_usual_mistake():
         verdict = judge_answer("distributed.accumulated_gradients",
                                lambda *a, m=mistake: _accumulate(*a, **m))
         assert verdict.status == FAILED and message in verdict.message, verdict.message
+
+
+def test_a_forward_pass_under_no_grad_besides_the_micro_batches_is_allowed():
+    def logging_too(model, loss_fn, inputs, targets, micro_batches):  # prints the whole batch's loss
+        with torch.no_grad():
+            loss_fn(model(inputs), targets)
+        return _accumulate(model, loss_fn, inputs, targets, micro_batches)
+
+    verdict = judge_answer("distributed.accumulated_gradients", logging_too)
+    assert verdict.status == PASSED, verdict.message
+
+
+def test_shard_indices_may_be_numpy_or_tensor_integers_but_not_floats():
+    def shard(n, world, rank, epoch, seed=0, drop_last=False):
+        return exercises._distributed_sampler_indices(n, world, rank, epoch, seed=seed, drop_last=drop_last)
+
+    for kind in (np.int64, torch.tensor):
+        verdict = judge_answer("distributed.shard_indices", lambda *a, k=kind, **kw: [k(i) for i in shard(*a, **kw)])
+        assert verdict.status == PASSED, verdict.message
+    verdict = judge_answer("distributed.shard_indices", lambda *a, **kw: [float(i) for i in shard(*a, **kw)])
+    assert verdict.status == FAILED and "expected a list of ints" in verdict.message
 
 
 # Found by mutation testing: each test below fails on a small, plausible change to the code.

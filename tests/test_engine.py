@@ -648,3 +648,30 @@ def test_the_rng_given_to_an_mlp_alone_decides_its_weights():
 def test_an_mlp_of_one_linear_layer_still_refuses_an_unknown_activation():
     with pytest.raises(ValueError, match="activation must be 'tanh', 'relu' or None, got 'sigmoid'"):
         MLP(2, [1], activation="sigmoid")
+
+
+
+def sigmoid_computed_by(function):
+    """A sigmoid answer whose value is ``function(v.data)``, with the right backward closure."""
+    def sigmoid(v):
+        s = function(v.data)
+        out = Value(s, (v,), "sigmoid")
+
+        def backward(grad):
+            v.grad += s * (1.0 - s) * grad
+        out._backward = backward
+        return out
+    return sigmoid
+
+
+def test_a_sigmoid_computed_in_float32_passes():
+    in_float32 = sigmoid_computed_by(lambda x: torch.sigmoid(torch.tensor(x, dtype=torch.float32)).item())
+    verdict = judge_answer("autograd.sigmoid_op", in_float32)
+    assert verdict.status == PASSED, verdict.message
+
+
+def test_a_sigmoid_off_in_the_sixth_digit_is_shown_with_the_digits_that_differ():
+    slightly_off = sigmoid_computed_by(lambda x: 1.0 / (1.0 + math.exp(-x)) * (1 + 1e-5))
+    verdict = judge_answer("autograd.sigmoid_op", slightly_off)
+    assert verdict.status == FAILED
+    assert verdict.message == "sigmoid(v).data is 0.1192041 at v = -2, but sigmoid(-2) = 0.1192029", verdict.message

@@ -103,7 +103,10 @@ def test_not_a_function_and_unknown_exercise():
     ("1.0", 1.0, "expected a number, got str"),
     (3, 4, "expected 4, got 3"),
     (True, 1, "expected 1, got"),
-    (3.0, 3, "expected 3, got"),
+    (3.0, 3, "expected the int 3, got 3.0: the value is right, but return it as an int"),
+    (torch.tensor(3.0), 3, "expected the int 3, got tensor(3.0) of shape (): the value is right"),
+    (3.5, 3, "expected 3, got 3.5"),
+    (torch.tensor(True), 1, "expected 1, got tensor(True)"),
     ((torch.ones(1), 2), (torch.ones(1), 3), "item 1: expected 3, got 2"),
 ])
 def test_compare_says_what_differs(got, expected, message):
@@ -117,6 +120,7 @@ def test_compare_accepts_close_values_and_scalar_tensors():
     compare(torch.tensor(0.5), 0.5)
     compare((1, torch.ones(2)), (1, torch.ones(2)))
     compare(np.int64(3), 3)  # an integer from NumPy is an integer
+    compare(torch.tensor(3), 3)  # so is a 0-d integer tensor
     compare(np.float32(0.5), 0.5)
 
 
@@ -942,3 +946,61 @@ def test_a_notebook_that_turned_gradients_off_gets_the_same_verdicts():
         assert not torch.is_grad_enabled()  # the learner's setting is left as it was
     finally:
         torch.set_grad_enabled(True)
+
+
+def test_an_error_in_backward_through_the_answers_result_is_the_answers_not_the_checks():
+    import math
+
+    from helpers.engine import Value
+
+    def sigmoid_micrograd_style(v):  # micrograd's closure takes no argument; this engine passes the gradient
+        s = 1 / (1 + math.exp(-v.data))
+        out = Value(s, (v,), "sigmoid")
+
+        def backward():
+            v.grad += s * (1 - s) * out.grad
+        out._backward = backward
+        return out
+
+    verdict = judge_answer("autograd.sigmoid_op", sigmoid_micrograd_style)
+    assert verdict.status == FAILED and "the closure takes that one argument" in verdict.message, verdict.message
+
+    def bce_changing_a_saved_tensor(logits, targets):
+        shrink = torch.exp(-logits.abs())
+        shrink += 1  # exp saved its output for the backward pass
+        return (logits.clamp(min=0) - logits * targets + shrink.log()).mean()
+
+    verdict = judge_answer("losses.bce_with_logits", bce_changing_a_saved_tensor)
+    assert verdict.status == FAILED, verdict.message
+    assert "backward() through the answer's result raised RuntimeError" in verdict.message
+    assert "changed in place" in verdict.message
+
+
+def test_a_cross_entropy_that_changes_its_targets_in_place_is_judged_on_its_own_copy():
+    def cross_entropy_reusing_targets(logits, targets, ignore_index=-100):
+        keep = targets != ignore_index
+        targets[~keep] = 0  # out of the way of the indexing below
+        log_p = torch.log_softmax(logits[keep], dim=-1)
+        return -log_p[torch.arange(len(log_p)), targets[keep]].mean()
+
+    verdict = judge_answer("losses.cross_entropy", cross_entropy_reusing_targets)
+    assert verdict.status == PASSED, verdict.message
+
+
+def test_a_mean_loss_through_model_forward_is_still_checked_for_eval_and_no_grad():
+    def eval_without_no_grad(model, loader, loss_fn):
+        model.eval()
+        total = sum(loss_fn(model.forward(x), y).item() * len(y) for x, y in loader)
+        model.train()
+        return total / len(loader.dataset)
+
+    verdict = judge_answer("training.mean_loss", eval_without_no_grad)
+    assert verdict.status == FAILED and "recorded a graph" in verdict.message, verdict.message
+
+
+def test_a_learning_rate_may_be_any_real_number():
+    from fractions import Fraction
+
+    for kind in (np.float32, Fraction):
+        verdict = judge_answer("optimizers.learning_rate", lambda a, b, k=kind: k(2) / k(a + b))
+        assert verdict.status == PASSED, verdict.message
