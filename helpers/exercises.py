@@ -202,8 +202,8 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
                 raise _Mismatch(f"item {i}: {err}") from None
         return
     if isinstance(expected, int) and not isinstance(expected, bool):
-        # A NumPy integer or an integer tensor of one element is an integer too; a bool or a float is not.
-        if isinstance(got, torch.Tensor) and got.numel() == 1 and _is_int(got.reshape(())):
+        # A NumPy integer or a 0-d integer tensor is an integer too; a bool or a float is not.
+        if isinstance(got, torch.Tensor) and _is_int(got):
             got = got.item()
         if _is_int(got) and int(got) == expected:
             return
@@ -326,6 +326,8 @@ def backward_of_answer(result: Any, label: str) -> None:
     """``result.backward()`` on what the answer returned (a tensor, or a Value of the engine). An
     error there comes from how the answer built its result, so the check fails naming ``label``
     and the usual cause; it is never reported as a failure of the check itself."""
+    from helpers.engine import Value
+
     try:
         result.backward()
     except Exception as error:
@@ -334,13 +336,15 @@ def backward_of_answer(result: Any, label: str) -> None:
             why = (": a tensor that autograd saved for the backward pass was changed in place "
                    "(x += ..., x -= ..., or a method ending in _); write that line out of place, "
                    "x = x + ...")
-        elif isinstance(error, TypeError) and "positional argument" in text:
+        elif isinstance(result, Value) and isinstance(error, TypeError) and "positional argument" in text:
             why = (": the engine calls each result's _backward with the result's gradient, so the "
                    "closure takes that one argument (look at Value.tanh)")
         else:
             why = ""
+        # The line is shown when the error came from the answer's own code (its backward closure);
+        # otherwise it came from PyTorch or the engine, and no line of the answer is to blame.
         raise _AnswerFailed(f"on {label}, backward() through the answer's result raised "
-                            f"{_error_summary(error, where=False)}{why}") from error
+                            f"{_error_summary(error, where=_raised_in_answer(error))}{why}") from error
 
 
 def _fresh(value: Any) -> Any:
@@ -1284,8 +1288,9 @@ def _data_loader_length(num_samples: int, batch_size: int, drop_last: bool = Fal
 
 def _data_batches_mistake(got: Any, want: int, num_samples: int, batch_size: int, drop_last: bool = False) -> str:
     """Name the usual mistake behind a wrong number of batches, or return ''; it names no input."""
-    if isinstance(got, bool) or not isinstance(got, int):
-        return "Return the number of batches as an int"
+    if not _is_int(got):  # compare() has said so when the value is right
+        return "" if _equals(got, want) else "Return the number of batches as an int"
+    got = int(got)
     if not drop_last and got == num_samples // batch_size:
         return ("Without drop_last, the samples left over after the last full batch still form a batch, "
                 "a smaller one")
@@ -1451,10 +1456,13 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
         want = loss_fn(model(inputs), targets).item()
     model.train()
     mean_of_batch_means = _training_mean_of_batch_means(model, loader, loss_fn)
-    seen = []  # (grad mode, training mode) of every layer the answer runs
+    seen = []  # (graph recorded, dropout active) at every layer the answer runs, and at every loss
     for layer in model:  # not the model itself: model.forward(x) would pass its hooks by
         layer.register_forward_hook(lambda module, args, output: seen.append((torch.is_grad_enabled(),
                                                                               module.training)))
+    # The loss sees the outputs however the model was run (even layer by layer, by forward()).
+    dropout = model[2]
+    loss_fn.register_forward_pre_hook(lambda module, args: seen.append((args[0].requires_grad, dropout.training)))
     label = "a model with dropout and a loader of 10 samples in batches of 4, 4 and 2"
     got = call_answer(answer, label, model, loader, loss_fn)
     if isinstance(got, torch.Tensor) and got.numel() == 1:
@@ -2256,8 +2264,9 @@ def _evaluation_hidden_curves(generator: torch.Generator) -> list[Case]:
 
 def _evaluation_stopping_mistake(got: Any, want: int, val_losses, patience: int) -> str:
     """Name the usual mistake behind a wrong epoch, or return ''; it names no input."""
-    if isinstance(got, bool) or not isinstance(got, int):
-        return "Return the epoch number as an int"
+    if not _is_int(got):  # compare() has said so when the value is right
+        return "" if _equals(got, want) else "Return the epoch number as an int"
+    got = int(got)
     _, stop = _evaluation_stopping(val_losses, patience)
     global_best = min(range(len(val_losses)), key=lambda i: val_losses[i]) + 1
     ties_best, _ = _evaluation_stopping(val_losses, patience, ties_improve=True)

@@ -1004,3 +1004,104 @@ def test_a_learning_rate_may_be_any_real_number():
     for kind in (np.float32, Fraction):
         verdict = judge_answer("optimizers.learning_rate", lambda a, b, k=kind: k(2) / k(a + b))
         assert verdict.status == PASSED, verdict.message
+
+
+def test_a_wrong_count_of_another_integer_type_is_told_its_mistake_not_its_type():
+    def batches_floor(num_samples, batch_size, drop_last=False):  # floor where a ceil is needed
+        return torch.tensor(num_samples // batch_size)
+
+    verdict = judge_answer("data.batches_per_epoch", batches_floor)
+    assert verdict.status == FAILED and "the samples left over after the last full batch" in verdict.message
+    assert "as an int" not in verdict.message, verdict.message
+
+
+@pytest.mark.parametrize("wrap", [lambda n: torch.tensor([n]), lambda n: float(n)])
+def test_a_right_count_that_is_not_an_int_is_told_once_to_return_an_int(wrap):
+    import math
+
+    def batches(num_samples, batch_size, drop_last=False):
+        return wrap(num_samples // batch_size if drop_last else math.ceil(num_samples / batch_size))
+
+    verdict = judge_answer("data.batches_per_epoch", batches)
+    assert verdict.status == FAILED and verdict.message.count("as an int") == 1, verdict.message
+    assert "the value is right" in verdict.message
+
+
+def test_an_error_in_the_answers_own_backward_closure_shows_its_line():
+    import math
+
+    from helpers.engine import Value
+
+    def sigmoid_with_a_typo(v):
+        s = 1 / (1 + math.exp(-v.data))
+        out = Value(s, (v,), "sigmoid")
+
+        def backward(grad):
+            v.grad += s * (1 - s) * grd  # noqa: F821, the typo under test
+        out._backward = backward
+        return out
+
+    verdict = judge_answer("autograd.sigmoid_op", sigmoid_with_a_typo)
+    assert verdict.status == FAILED, verdict.message
+    assert "raised NameError: name 'grd' is not defined (line" in verdict.message
+    assert "v.grad += s * (1 - s) * grd" in verdict.message
+
+
+def test_the_engines_hint_about_backward_closures_is_not_given_for_a_torch_function():
+    class BCE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, logits, targets):
+            ctx.save_for_backward(logits, targets)
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+
+        @staticmethod
+        def backward(ctx):  # forgot the incoming gradient
+            logits, targets = ctx.saved_tensors
+            return (torch.sigmoid(logits) - targets) / len(targets), None
+
+    verdict = judge_answer("losses.bce_with_logits", BCE.apply)
+    assert verdict.status == FAILED and "backward() through the answer's result raised TypeError" in verdict.message
+    assert "Value.tanh" not in verdict.message, verdict.message
+
+
+def test_a_bce_that_changes_its_targets_in_place_is_judged_on_its_own_copy():
+    def bce_clearing_targets(logits, targets):
+        labels = targets.clone()
+        loss = (torch.nn.functional.softplus(logits) - logits * labels).mean()
+        targets.zero_()  # a slip that leaves the caller's targets changed: the check must not read them
+        return loss
+
+    verdict = judge_answer("losses.bce_with_logits", bce_clearing_targets)
+    assert verdict.status == PASSED, verdict.message
+
+
+def test_a_cross_entropy_changing_a_saved_tensor_is_failed_with_the_in_place_advice():
+    def cross_entropy_in_place(logits, targets, ignore_index=-100):
+        keep = targets != ignore_index
+        shifted = logits[keep] - 0
+        shifted -= shifted.amax(-1, keepdim=True)  # amax saved its input for the backward pass
+        log_p = shifted - shifted.exp().sum(-1, keepdim=True).log()
+        return -log_p[torch.arange(len(log_p)), targets[keep]].mean()
+
+    verdict = judge_answer("losses.cross_entropy", cross_entropy_in_place)
+    assert verdict.status == FAILED and "changed in place" in verdict.message, verdict.message
+
+
+def test_a_mean_loss_run_layer_by_layer_is_still_checked_for_eval_and_no_grad():
+    def layer_by_layer(model, loader, loss_fn, switch_to_eval=True, without_grad=False):
+        if switch_to_eval:
+            model.eval()
+        total = 0.0
+        with torch.set_grad_enabled(not without_grad):
+            for x, y in loader:
+                for layer in model:
+                    x = layer.forward(x)  # passes by every layer's hooks
+                total += loss_fn(x, y).item() * len(y)
+        model.train()
+        return total / len(loader.dataset)
+
+    verdict = judge_answer("training.mean_loss", layer_by_layer)
+    assert verdict.status == FAILED and "recorded a graph" in verdict.message, verdict.message
+    verdict = judge_answer("training.mean_loss",
+                           lambda *a: layer_by_layer(*a, switch_to_eval=False, without_grad=True))
+    assert verdict.status == FAILED and "call model.eval()" in verdict.message, verdict.message
