@@ -46,3 +46,17 @@ def test_math_is_left_for_mathjax(built):
     html = (built / "book" / "dynamic_graph.html").read_text()
     assert "mathjax" in html.lower()
     assert r"\partial L" in html
+
+
+def test_every_figure_has_alt_text_that_describes_it(built):
+    # Without alt text, myst-nb writes the image's file path as its alt, which is all a screen
+    # reader would say. The alt comes from the cell's metadata (see tests/test_notebooks.py).
+    import re
+
+    figures = 0
+    for page in sorted((built / "book").glob("*.html")):
+        for tag in re.findall(r'<img [^>]*src="[^"]*_images/[^>]*>', page.read_text()):  # the outputs
+            alt = re.search(r'alt="([^"]*)"', tag)
+            assert alt and len(alt.group(1).split()) >= 8 and "_images/" not in alt.group(1), (page.name, tag)
+            figures += 1
+    assert figures >= 20

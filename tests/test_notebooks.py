@@ -227,6 +227,32 @@ def test_code_and_printed_text_fit_the_page(path):
                           f"characters, shown output over {PAGE_WIDTH}):\n" + "\n".join(too_long))
 
 
+def figure_cells_without_alt_text(nb) -> list[int]:
+    """Indices of the code cells with an image output but no alt text for it in their metadata."""
+    return [i for i, cell in enumerate(nb.cells)
+            if cell.cell_type == "code" and any("image/png" in out.get("data", {}) for out in cell.outputs)
+            and len(cell.metadata.get("mystnb", {}).get("image", {}).get("alt", "").split()) < 8]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_figure_has_alt_text(path):
+    # A reader with a screen reader hears the alt text instead of seeing the figure. Set it in
+    # the cell's metadata, {"mystnb": {"image": {"alt": "..."}}}: what the figure shows, in a
+    # sentence or two, without numbers that another run would change.
+    missing = figure_cells_without_alt_text(nbformat.read(path, as_version=4))
+    assert not missing, f"{path.name}: the figures of cells {missing} have no alt text"
+
+
+def test_a_figure_without_alt_text_is_caught():
+    nb = nbformat.v4.new_notebook()
+    figure = nbformat.v4.new_code_cell("plt.show()")
+    figure.outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="})]
+    nb.cells = [nbformat.v4.new_code_cell("print(1)"), figure]
+    assert figure_cells_without_alt_text(nb) == [1]
+    figure.metadata["mystnb"] = {"image": {"alt": "A line chart of the loss per epoch, falling."}}
+    assert figure_cells_without_alt_text(nb) == []
+
+
 def test_the_width_check_sees_long_printed_lines_and_code_fences():
     assert _shown_text(nbformat.v4.new_output("stream", name="stdout", text="x" * 90)) == "x" * 90
     markdown = nbformat.v4.new_output("display_data", data={
