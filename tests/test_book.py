@@ -60,3 +60,15 @@ def test_every_figure_has_alt_text_that_describes_it(built):
             assert alt and len(alt.group(1).split()) >= 8 and "_images/" not in alt.group(1), (page.name, tag)
             figures += 1
     assert figures >= 20
+
+
+def test_no_page_holds_an_id_twice(built):
+    # sphinx-exercise gives every exercise the same id; book/_ext/unique_exercise_ids.py numbers them.
+    import collections
+    import re
+
+    for page in sorted(built.rglob("*.html")):
+        ids = collections.Counter(re.findall(r'\sid="([^"]+)"', page.read_text()))
+        assert not [i for i, n in ids.items() if n > 1], (page.name, [i for i, n in ids.items() if n > 1])
+    exercises = (built / "book" / "evaluation.html").read_text()
+    assert 'id="exercise-content-3"' in exercises and 'id="solution-content-3"' in exercises
