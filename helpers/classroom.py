@@ -1,6 +1,6 @@
 """Student editions of the book's notebooks, grading of submitted ones, and the exercise table.
 
-Introduced in the page "Instructor guide" (book/instructor_guide.md); an instructor's tool:
+Introduced in the page "Instructor guide" (book/instructor_guide.md); an instructor's tool::
 
     python -m helpers.classroom student-edition OUTDIR [NOTEBOOK ...]
     python -m helpers.classroom grade SUBMISSIONS --report OUTDIR [--timeout 120] [--full]

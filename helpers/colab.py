@@ -1,6 +1,6 @@
 """The first code cell of every notebook, which installs the course's helpers in Google Colab.
 
-Introduced in the preface ("How to run it"); a maintainer's tool:
+Introduced in the preface ("How to run it"); a maintainer's tool::
 
     python -m helpers.colab            # write the cell into every notebook in book/
     python -m helpers.colab --check    # list the notebooks whose first code cell differs

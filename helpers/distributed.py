@@ -1,6 +1,7 @@
 """Training on several processes with DistributedDataParallel: one script, launched by torchrun.
 
-Introduced in the chapter "Scaling out with DistributedDataParallel" (book/distributed.ipynb).
+Introduced in the chapter "Scaling out with DistributedDataParallel" (book/distributed.ipynb). It
+runs as::
 
     torchrun --standalone --nproc-per-node=2 -m helpers.distributed --epochs 2 --batch-size 32
 

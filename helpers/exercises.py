@@ -1,6 +1,7 @@
 """Checks for the book's exercises: a precise verdict, never a crash of the notebook.
 
-Introduced in the preface ("How the exercises work"); every chapter registers its exercises here.
+Introduced in the preface ("How the exercises work"); every chapter registers its exercises here. A
+notebook calls::
 
     check("dynamic_graph.count_nodes", count_nodes)
 

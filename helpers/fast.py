@@ -1,7 +1,7 @@
 """Training fast on a GPU: data kept on the device, augmentation there, a better network, timing.
 
 Introduced in the chapter "Making training fast, measured step by step" (book/fast_training.ipynb).
-The chapter changes one thing at a time and measures each change with ``run_step``:
+The chapter changes one thing at a time and measures each change with ``run_step``::
 
     data = cifar10_on_device(device)
     train = DeviceLoader(data.train_images, data.train_labels, 512, shuffle=True, drop_last=True)

@@ -48,7 +48,7 @@ def binary_cross_entropy(probabilities: torch.Tensor, targets: torch.Tensor,
     ``-(1/N) * sum_i [y_i log p_i + (1 - y_i) log(1 - p_i)]``, with each log clamped at -100 as
     PyTorch does; the gradient is PyTorch's too, finite at p = 0 and p = 1 (see
     ``_BinaryCrossEntropy``). ``probabilities`` p and ``targets`` y have the same shape ``(*)``
-    and values in [0, 1]. For p = sigmoid(z) with large |z| this form loses everything: prefer
+    and values in [0, 1]. For p = sigmoid(z) with a large ``|z|`` this form loses everything: prefer
     ``binary_cross_entropy_with_logits``.
     """
     _check_reduction(reduction)
@@ -134,7 +134,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Ten
     Shapes: ``logits`` (N, C), (C,) or (N, C, d1, ...); ``targets`` either class indices
     (integers in [0, C)) of shape (N,), () or (N, d1, ...), or class probabilities of the logits'
     shape. With log p = log_softmax(z) over the class dimension, class weights w (shape (C,),
-    all ones by default) and label smoothing eps, the loss of example i with class y_i is
+    all ones by default) and label smoothing eps, the loss of example i with class y_i is::
 
         l_i = (1 - eps) w[y_i] (-log p_{i, y_i}) + (eps / C) sum_c w_c (-log p_{i, c})
 

@@ -1,6 +1,6 @@
 """Measuring a classifier: confusion matrix, accuracy, precision, recall, F1, and pictures of both.
 
-Introduced in the chapter "Evaluating a classifier" (book/evaluation.ipynb).
+Introduced in the chapter "Evaluating a classifier" (book/evaluation.ipynb). In short::
 
     predictions = collect_predictions(model, loaders.validation, device)
     confusion = confusion_matrix(predictions.targets, predictions.predicted, num_classes=10)

@@ -1,6 +1,6 @@
 """Executing the book's notebooks, the only way their stored outputs are produced.
 
-A maintainer's tool, described in the README:
+A maintainer's tool, described in the README::
 
     python -m helpers.notebooks execute book/dynamic_graph.ipynb [more notebooks]
     python -m helpers.notebooks check                              # what the tests check

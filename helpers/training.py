@@ -1,6 +1,7 @@
 """The training loop every chapter that trains uses: one epoch, evaluation, fit, checkpoints, curves.
 
-Introduced in the chapter "The training loop: a CNN on CIFAR-10" (book/training.ipynb).
+Introduced in the chapter "The training loop: a CNN on CIFAR-10" (book/training.ipynb). In
+short::
 
     model = SmallCNN().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -72,3 +72,11 @@ def test_no_page_holds_an_id_twice(built):
         assert not [i for i, n in ids.items() if n > 1], (page.name, [i for i, n in ids.items() if n > 1])
     exercises = (built / "book" / "evaluation.html").read_text()
     assert 'id="exercise-content-3"' in exercises and 'id="solution-content-3"' in exercises
+
+
+def test_the_helpers_reference_documents_every_module():
+    import re
+
+    documented = re.findall(r"\.\. automodule:: helpers\.(\w+)", (ROOT / "book" / "helpers_reference.md").read_text())
+    modules = sorted(p.stem for p in (ROOT / "helpers").glob("*.py") if p.stem != "__init__")
+    assert sorted(documented) == modules
