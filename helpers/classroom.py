@@ -3,7 +3,8 @@
 Introduced in the page "Instructor guide" (book/instructor_guide.md); an instructor's tool::
 
     python -m helpers.classroom student-edition OUTDIR [NOTEBOOK ...]
-    python -m helpers.classroom grade SUBMISSIONS --report OUTDIR [--timeout 120] [--full]
+    python -m helpers.classroom grade SUBMISSIONS --report OUTDIR \
+        [--timeout 120] [--full]
     python -m helpers.classroom exercise-table [--write]
 
 The book is the instructor edition. In a student edition each solution cell (tagged
@@ -38,6 +39,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -526,8 +528,11 @@ def not_graded(folder: Path, report: Path) -> list[str]:
 
 
 def grade(folder: Path, report: Path, timeout: float = DEFAULT_TIMEOUT, quick: bool = True,
-          progress=_say) -> list[Submission]:
-    """Grade every submitted notebook under ``folder`` and write the report into ``report``."""
+          progress: Callable[[str], None] | None = None) -> list[Submission]:
+    """Grade every submitted notebook under ``folder`` and write the report into ``report``.
+
+    ``progress`` receives a line per notebook as it is graded; by default it is printed."""
+    progress = progress or _say
     if not folder.is_dir():
         raise CannotGrade(f"{folder} is not a folder: give the folder that holds the submitted notebooks")
     if report.exists() and not report.is_dir():

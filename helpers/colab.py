@@ -2,8 +2,8 @@
 
 Introduced in the preface ("How to run it"); a maintainer's tool::
 
-    python -m helpers.colab            # write the cell into every notebook in book/
-    python -m helpers.colab --check    # list the notebooks whose first code cell differs
+    python -m helpers.colab          # write the cell into every notebook
+    python -m helpers.colab --check  # list notebooks whose first cell differs
 
 The cell installs ``helpers`` from the course's repository at the tag ``v<helpers.__version__>``,
 with ``--no-deps`` so that Colab's own torch and torchvision are never replaced, and does nothing

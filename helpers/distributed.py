@@ -3,7 +3,8 @@
 Introduced in the chapter "Scaling out with DistributedDataParallel" (book/distributed.ipynb). It
 runs as::
 
-    torchrun --standalone --nproc-per-node=2 -m helpers.distributed --epochs 2 --batch-size 32
+    torchrun --standalone --nproc-per-node=2 -m helpers.distributed \
+        --epochs 2 --batch-size 32
 
 ``torchrun`` starts the processes and gives each one its rank in environment variables;
 ``init_distributed`` reads them and joins the process group (NCCL between GPUs, Gloo between
@@ -182,6 +183,14 @@ def all_mean(value: float, weight: int, context: DistributedContext) -> float:
 
 @dataclass
 class TrainConfig:
+    """What one distributed run trains, and where rank 0 writes: the script's arguments.
+
+    ``batch_size`` is per process (the effective batch is ``batch_size * world_size``); ``data``
+    is "standin" or "cifar10", and ``num_images`` their number (None: 1024 stand-in images, or
+    all of CIFAR-10's training set). Rank 0 saves a checkpoint to ``checkpoint`` after every epoch
+    and the final weights to ``save_weights``; ``overwrite`` lets it replace those files.
+    """
+
     epochs: int = 2
     batch_size: int = 32  # per process; the effective batch is batch_size * world_size
     lr: float = 0.05

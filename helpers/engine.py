@@ -46,7 +46,7 @@ class Value:
     ``_backward``: a closure that, given the new value's gradient, adds ``local derivative *
     gradient`` to each parent's ``grad`` (the chain rule). The closures never refer to the value
     they belong to, so a graph holds no reference cycles and is freed as soon as its output is
-    no longer used. ``op`` names the operation that made the value ("" for a leaf), for reading
+    no longer used. ``op`` names the operation that made the value (``""`` for a leaf), for reading
     a graph: ``repr`` shows it.
     """
 

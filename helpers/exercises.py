@@ -122,6 +122,7 @@ EXERCISES: dict[str, Exercise] = {}
 
 
 def register(exercise: Exercise) -> Exercise:
+    """Add ``exercise`` to the exercises ``check`` knows, under its name; a name is taken once."""
     if exercise.name in EXERCISES:
         raise ValueError(f"exercise {exercise.name!r} is registered twice")
     EXERCISES[exercise.name] = exercise
@@ -168,7 +169,8 @@ def _equals(value: Any, number: int) -> bool:
 
 
 def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> None:
-    """Raise ``_Mismatch`` saying how ``got`` differs from ``expected``; return if they agree."""
+    """Return if ``got`` agrees with ``expected``; otherwise raise an error whose message says how
+    they differ (type, shape, NaN, the largest difference), which the verdict shows."""
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor):
             raise _Mismatch(f"expected a tensor, got {type(got).__name__} {_describe(got)}")
@@ -445,7 +447,7 @@ def _draw_int(generator: torch.Generator, low: int, high: int) -> int:
 
 def first_matching(mistakes: list[tuple[Callable[..., bool], str]]) -> Callable[..., str]:
     """An ``explain`` for ``first_failure`` from (predicate, explanation) pairs: the explanation
-    of the first predicate that holds for ``(got, want, *args)``, or ""."""
+    of the first predicate that holds for ``(got, want, *args)``, or ``""``."""
     def explain(got: Any, want: Any, *args, **kwargs) -> str:
         for predicate, explanation in mistakes:
             try:

@@ -4,10 +4,14 @@ Introduced in the chapter "Making training fast, measured step by step" (book/fa
 The chapter changes one thing at a time and measures each change with ``run_step``::
 
     data = cifar10_on_device(device)
-    train = DeviceLoader(data.train_images, data.train_labels, 512, shuffle=True, drop_last=True)
-    test = DeviceLoader(data.test_images, data.test_labels, 1000, shuffle=False)
-    result = run_step("bf16", Autocast(SmallCNN().to(device)), train, test, device=device,
-                      epochs=10, make_optimizer=lambda m: torch.optim.Adam(m.parameters(), 3e-3))
+    train = DeviceLoader(data.train_images, data.train_labels, 512,
+                         shuffle=True, drop_last=True)
+    test = DeviceLoader(data.test_images, data.test_labels, 1000,
+                        shuffle=False)
+    result = run_step(
+        "bf16", Autocast(SmallCNN().to(device)), train, test,
+        device=device, epochs=10,
+        make_optimizer=lambda m: torch.optim.Adam(m.parameters(), 3e-3))
 
 Times come from ``DeviceTimer``: CUDA events on a GPU (they measure the GPU's own timeline),
 ``time.perf_counter`` elsewhere. The first steps of every run (where ``torch.compile`` compiles,

@@ -46,8 +46,8 @@ def binary_cross_entropy(probabilities: torch.Tensor, targets: torch.Tensor,
     """Binary cross-entropy on probabilities, ``F.binary_cross_entropy``.
 
     ``-(1/N) * sum_i [y_i log p_i + (1 - y_i) log(1 - p_i)]``, with each log clamped at -100 as
-    PyTorch does; the gradient is PyTorch's too, finite at p = 0 and p = 1 (see
-    ``_BinaryCrossEntropy``). ``probabilities`` p and ``targets`` y have the same shape ``(*)``
+    PyTorch does; the gradient is PyTorch's too, finite at p = 0 and p = 1 (an autograd
+    function of its own computes it). ``probabilities`` p and ``targets`` y have the same shape ``(*)``
     and values in [0, 1]. For p = sigmoid(z) with a large ``|z|`` this form loses everything: prefer
     ``binary_cross_entropy_with_logits``.
     """
@@ -136,7 +136,8 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Ten
     shape. With log p = log_softmax(z) over the class dimension, class weights w (shape (C,),
     all ones by default) and label smoothing eps, the loss of example i with class y_i is::
 
-        l_i = (1 - eps) w[y_i] (-log p_{i, y_i}) + (eps / C) sum_c w_c (-log p_{i, c})
+        l_i = (1 - eps) w[y_i] (-log p_{i, y_i})
+              + (eps / C) sum_c w_c (-log p_{i, c})
 
     and ``"mean"`` is the *weighted* mean ``sum_i l_i / sum_i w[y_i]``. With probabilities q,
     smoothed to q' = (1 - eps) q + eps / C, ``l_i = -sum_c w_c q'_{i, c} log p_{i, c}`` and

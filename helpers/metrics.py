@@ -3,7 +3,8 @@
 Introduced in the chapter "Evaluating a classifier" (book/evaluation.ipynb). In short::
 
     predictions = collect_predictions(model, loaders.validation, device)
-    confusion = confusion_matrix(predictions.targets, predictions.predicted, num_classes=10)
+    confusion = confusion_matrix(predictions.targets, predictions.predicted,
+                                 num_classes=10)
     print(classification_report(confusion, loaders.classes))
     plot_confusion_matrix(confusion, loaders.classes)
 

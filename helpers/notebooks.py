@@ -2,8 +2,8 @@
 
 A maintainer's tool, described in the README::
 
-    python -m helpers.notebooks execute book/dynamic_graph.ipynb [more notebooks]
-    python -m helpers.notebooks check                              # what the tests check
+    python -m helpers.notebooks execute book/dynamic_graph.ipynb [...]
+    python -m helpers.notebooks check  # what the tests check
 
 Executing a notebook runs every cell in order in a fresh kernel started from the notebook's
 folder, then stamps the notebook's metadata (key ``course``) with a hash of its code cells and

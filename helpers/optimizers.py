@@ -76,7 +76,7 @@ class SGD(_FormulaOptimizer):
     loss gave: the whole data set's (gradient descent) or a minibatch's (SGD). Otherwise, with
     μ the momentum and τ the dampening, each step does::
 
-        g ← ∇L(θ) + λθ                      (weight decay, as an L2 penalty λ/2 ‖θ‖² in the loss)
+        g ← ∇L(θ) + λθ      (weight decay: an L2 penalty λ/2 ‖θ‖² in the loss)
         b ← g at the first step, else b ← μ b + (1 − τ) g
         d ← g + μ b  with Nesterov, else d ← b
         θ ← θ − η d
@@ -119,7 +119,7 @@ class RMSprop(_FormulaOptimizer):
 
         g ← ∇L(θ) + λθ
         s ← α s + (1 − α) g²                 (running mean of g²)
-        centered:  ḡ ← α ḡ + (1 − α) g;  r ← √(s − ḡ²) + ε   (the running standard deviation)
+        centered:  ḡ ← α ḡ + (1 − α) g;  r ← √(s − ḡ²) + ε  (running std)
         otherwise: r ← √s + ε
         μ > 0:     b ← μ b + g / r;  θ ← θ − η b
         otherwise: θ ← θ − η g / r

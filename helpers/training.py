@@ -5,8 +5,9 @@ short::
 
     model = SmallCNN().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    history = fit(model, loaders.train, loaders.validation, nn.CrossEntropyLoss(), optimizer,
-                  device, epochs=10, checkpoint_path="checkpoints/last.pt")
+    history = fit(model, loaders.train, loaders.validation,
+                  nn.CrossEntropyLoss(), optimizer, device, epochs=10,
+                  checkpoint_path="checkpoints/last.pt")
     plot_history(history)
 
 Progress: in Jupyter, Colab or a terminal, ``train_one_epoch`` shows a live bar over the batches
@@ -740,8 +741,10 @@ def empty_history() -> dict[str, list]:
 def epoch_summary(bar: str, train: dict, val: dict | None) -> str:
     """Two lines per epoch: the finished bar over the training batches, then the results.
 
-    ``epoch 1/3: 100%|██████████| 704/704 [00:12<00:00, 58.59batch/s]`` and
-    ``  train loss 1.652, accuracy 39.4% | validation loss 1.407, accuracy 49.7%``.
+    For example::
+
+        epoch 1/3: 100%|██████████| 704/704 [00:12<00:00, 58.59batch/s]
+          train loss 1.652, accuracy 39.4% | validation loss 1.407, accuracy 49.7%
     """
     results = f"  train loss {train['loss']:.3f}, accuracy {train['accuracy']:.1%}"
     if val is not None:
