@@ -12,7 +12,8 @@ The book is the instructor edition. In a student edition each solution cell (tag
 signatures and docstrings, each body replaced by ``raise NotImplementedError``, which the check
 reports as "not done yet" with a hint. Markdown text inside a solution (after a
 ``solution-start`` directive, up to its ``solution-end``) is left out. The outputs of the
-exercise cells (solution and check cells) are cleared; everything else is kept.
+exercise cells (solution and check cells) are cleared, and the stamp of the book's run is
+replaced; everything else is kept.
 
 Grading runs each submitted notebook in its own kernel, with a time limit per cell (a cell that
 runs longer is interrupted and the run goes on), in quick mode unless told otherwise. After the
@@ -163,7 +164,9 @@ def without_solution_text(markdown: str, inside: bool = False) -> tuple[str, boo
 
 def student_edition(nb, where: str = "notebook"):
     """A copy of ``nb`` with starter code in its solution cells, no text inside its solutions,
-    and its exercise cells cleared."""
+    its exercise cells cleared, and the stamp of the book's run replaced by
+    ``{"edition": "student"}``. Raises ``ValueError`` for a code cell inside a solution that is
+    not tagged ``solution``."""
     student = copy.deepcopy(nb)
     inside = False  # between a solution-start and its solution-end
     for i, cell in enumerate(student.cells):
@@ -372,7 +375,8 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
     or deleted changes nothing. Every cell runs, even after one raises (the first error of the
     learner's cells is reported). A cell gets ``timeout`` seconds; then it is interrupted (a
     grader's cell interrupted makes its exercise "timed out"), and the run goes on with the next
-    cell. The executed notebook, the grader's cells included, is written to ``executed`` when given.
+    cell. With ``executed`` (a folder), the executed notebook, the grader's cells included, is
+    written there as ``name`` (by default the file's own name).
     """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -512,7 +516,8 @@ def submissions_in(folder: Path, report: Path) -> list[Path]:
 
 def not_graded(folder: Path, report: Path) -> list[str]:
     """Files under ``folder`` that look like submissions but are not graded: a notebook renamed
-    ``.ipynb.txt`` or ``.json``, a zip archive. Each with what to do."""
+    ``.ipynb.txt`` or ``.ipynb.json`` (any name with ``.ipynb`` inside), a zip archive. Each with
+    what to do."""
     executed = (report / "executed").resolve()
     found = []
     for path in sorted(folder.rglob("*")):
@@ -531,7 +536,10 @@ def grade(folder: Path, report: Path, timeout: float = DEFAULT_TIMEOUT, quick: b
           progress: Callable[[str], None] | None = None) -> list[Submission]:
     """Grade every submitted notebook under ``folder`` and write the report into ``report``.
 
-    ``progress`` receives a line per notebook as it is graded; by default it is printed."""
+    The ``executed/`` and ``feedback/`` folders of an earlier grading there are replaced.
+    ``progress`` receives a line per notebook as it is graded, and one per file not graded (see
+    ``not_graded``); by default it is printed. Raises ``CannotGrade`` when the folders cannot
+    work (``folder`` is not a folder, ``report`` is a file or lies where submissions are read)."""
     progress = progress or _say
     if not folder.is_dir():
         raise CannotGrade(f"{folder} is not a folder: give the folder that holds the submitted notebooks")

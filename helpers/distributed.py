@@ -58,10 +58,10 @@ class DistributedContext:
 
 
 def choose_backend(device: str = "auto") -> tuple[str, torch.device | None]:
-    """``("nccl", cuda)`` where CUDA GPUs are to be used, else ``("gloo", cpu)``.
+    """``("nccl", None)`` where CUDA GPUs are to be used, else ``("gloo", cpu)``.
 
-    ``device``: "auto" (CUDA when available), "cuda" or "cpu". The CUDA device is completed
-    with the process's local rank by ``init_distributed``.
+    ``device``: "auto" (CUDA when available), "cuda" or "cpu". With NCCL no device is returned:
+    ``init_distributed`` picks the GPU of the process's local rank.
     """
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
@@ -183,7 +183,8 @@ def all_mean(value: float, weight: int, context: DistributedContext) -> float:
 
 @dataclass
 class TrainConfig:
-    """What one distributed run trains, and where rank 0 writes: the script's arguments.
+    """What one distributed run trains, and where rank 0 writes: the script's arguments
+    (``momentum`` has no option: the script keeps 0.9).
 
     ``batch_size`` is per process (the effective batch is ``batch_size * world_size``); ``data``
     is "standin" or "cifar10", and ``num_images`` their number (None: 1024 stand-in images, or

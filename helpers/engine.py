@@ -206,10 +206,11 @@ def backward(outputs: Value | Sequence[Value],
              grads: Sequence[float] | None = None) -> None:
     """Reverse mode from one output, or from several with one seed each.
 
-    For outputs ``y_1..y_m`` and seeds ``g_1..g_m``, every value ``x`` they
+    For outputs ``y_1..y_m`` and seeds ``g_1..g_m``, every leaf ``x`` they
     depend on gets ``x.grad += sum_i g_i dy_i/dx``: the vector-Jacobian
-    product ``g^T J``. Without seeds the output must be a single value
-    (seed 1), as in PyTorch.
+    product ``g^T J``; every intermediate value's grad is set to that sum
+    (not added to). Without seeds the output must be a single value (seed
+    1), as in PyTorch.
     """
     outputs, grads = _outputs_and_seeds(outputs, grads)
     order = topological_order(outputs)

@@ -14,8 +14,9 @@ returns the wrong type or shape, or NaN is reported as such. An answer that rais
 exercise's hint. An error raised by the check's own code, not the answer's, is a "check error": a
 bug of the course, which the learner is asked to report.
 
-When the environment variable ``COURSE_GRADING_LOG`` names a file, every verdict is also appended
-to it as one JSON line, which is how the grading command reads a student's results.
+When the environment variable ``COURSE_GRADING_LOG`` names a file, every verdict that ``check``
+prints is also appended to it as one JSON line, which is how the grading command reads a
+student's results.
 """
 
 from __future__ import annotations
@@ -169,8 +170,9 @@ def _equals(value: Any, number: int) -> bool:
 
 
 def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> None:
-    """Return if ``got`` agrees with ``expected``; otherwise raise an error whose message says how
-    they differ (type, shape, NaN, the largest difference), which the verdict shows."""
+    """Return if ``got`` agrees with ``expected``; otherwise raise an exception whose message says
+    how they differ (type, shape, NaN, the largest difference), which the verdict shows. A judge
+    that calls it catches ``Exception``: a result it cannot read may raise another error."""
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor):
             raise _Mismatch(f"expected a tensor, got {type(got).__name__} {_describe(got)}")
@@ -364,11 +366,13 @@ def _fresh(value: Any) -> Any:
 def first_failure(answer: Callable, cases: list[Case], expected: Callable,
                   explain: Callable[..., str] | None = None, atol: float = 1e-6,
                   rtol: float = 1e-5) -> str | None:
-    """Run ``answer`` on each case and compare with ``expected(*case.args)``; the first failure.
+    """Run ``answer`` on each case and compare with ``expected(*case.args, **case.kwargs)``; the
+    first failure.
 
-    The message names the case and says how the result differs. ``explain(got, want, *args)``
-    may add the usual mistake that gives exactly that result ("" when none does), so that the
-    learner reads what to change, not only what differs. None when every case agrees.
+    The message names the case and says how the result differs. ``explain(got, want, *args,
+    **kwargs)`` may add the usual mistake that gives exactly that result (``""`` when none does),
+    so that the learner reads what to change, not only what differs. None when every case
+    agrees. An answer that raises fails the check through ``call_answer``, naming the case.
     """
     found = _first_mismatch(answer, cases, expected, explain, atol, rtol)
     if found is None:
@@ -471,7 +475,7 @@ def check(name: str, answer: Callable) -> None:
     """Check a learner's ``answer`` to exercise ``name`` and print the verdict.
 
     It returns nothing, so that the verdict is printed once in a notebook; ``judge_answer``
-    returns it.
+    returns it. With ``COURSE_GRADING_LOG`` set, the verdict is also appended to that file.
     """
     verdict = judge_answer(name, answer)
     print(verdict)

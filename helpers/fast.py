@@ -677,7 +677,8 @@ def bf16_compile_skip(device: torch.device | str, what: str,
     """None unless ``device`` is a CUDA GPU of compute capability below 8.0 (the T4 of Colab's
     free tier, the V100), where ``what``, compiled code in bfloat16, is skipped: then the reason,
     for ``run_step(skip=...)``. ``capability`` is ``torch.cuda.get_device_capability(device)``
-    unless given (so that the decision can be tested without such a GPU).
+    unless given, so that the decision can be tested without such a GPU (the reason also names
+    the GPU, through ``runtime.device_name``, which a test without CUDA must replace).
 
     Such GPUs have no bf16 instructions: Triton's kernels for them fail ("Feature '.bf16' requires
     .target sm_80 or higher"), and recent versions of Inductor refuse to compile bf16 graphs for

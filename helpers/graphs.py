@@ -48,7 +48,8 @@ def node_label(node, names: dict[str, torch.Tensor] | None = None) -> str:
 
 
 def draw_autograd_graph(t: torch.Tensor, names: dict[str, torch.Tensor] | None = None, ax=None):
-    """Draw ``backward_graph(t)`` with matplotlib: the output at the top, leaves at the bottom.
+    """Draw ``backward_graph(t)`` with matplotlib: the output at the top, each leaf below the
+    nodes it feeds (not necessarily on the bottom row).
 
     Each node sits one row below the deepest node that feeds it a gradient, so that every
     arrow points downwards, in the direction the gradient flows.

@@ -81,15 +81,18 @@ QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
 def execute(path: Path, timeout: int = 1800, out: Path | None = None) -> dict:
     """Execute the notebook at ``path`` and stamp it; returns the stamp.
 
-    The executed notebook replaces the original, or is written to the folder ``out`` (how a run
-    on another machine, such as the GPU machine, sends its notebooks back). A run that fails (a
-    cell raised or ran out of time) or that is not fit to keep never replaces anything: it is
-    written to ``out/rejected/`` (with ``out``) or to a new temporary folder, for reading, and
-    a ``RuntimeError`` says where.
+    ``timeout`` is the most seconds one cell may run. The executed notebook replaces the
+    original, or is written to the folder ``out``, made if needed (how a run on another machine,
+    such as the GPU machine, sends its notebooks back). A run that fails (a cell raised or ran
+    out of time) or that is not fit to keep never replaces anything: it is written to
+    ``out/rejected/`` (with ``out``) or to a new temporary folder, for reading, and a
+    ``RuntimeError`` says where.
     """
     import nbformat
     from nbclient import NotebookClient
 
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)  # before the run: a run must never be lost at the end
     nb = nbformat.read(path, as_version=4)
     # One extra cell, run last in the same kernel, reports the facts of the run; it is removed
     # before the notebook is written.

@@ -82,7 +82,8 @@ class SGD(_FormulaOptimizer):
         θ ← θ − η d
 
     This is PyTorch's form of momentum: η multiplies the whole buffer at every step. The
-    textbook form, v ← μ v − η g; θ ← θ + v, gives the same path while η is constant.
+    textbook form, v ← μ v − η g; θ ← θ + v, gives the same path while η is constant and
+    τ = 0.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,

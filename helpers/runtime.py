@@ -28,7 +28,8 @@ _data_sources: list[str] = []
 
 
 def quick_mode() -> bool:
-    """True when ``COURSE_QUICK`` is set to 1, true or yes (any case)."""
+    """True when ``COURSE_QUICK`` is 1, true or yes (any case); False when it is unset, empty,
+    0, false or no. Any other value raises ``ValueError``, rather than guess."""
     value = os.environ.get(QUICK_ENV, "").strip().lower()
     if value in ("", "0", "false", "no"):
         return False
@@ -115,7 +116,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python's, NumPy's and PyTorch's generators (all devices) with one number.
 
     With ``deterministic=True`` PyTorch also picks deterministic kernels and raises on
-    operations that have none: slower, but a rerun gives the same bits.
+    operations that have none: slower, but a rerun gives the same bits (it also sets
+    ``CUBLAS_WORKSPACE_CONFIG``, which cuBLAS needs for that). The default, False, turns that
+    mode off, even if it was on.
     """
     random.seed(seed)
     np.random.seed(seed)
@@ -141,7 +144,8 @@ class Timer:
     """Wall-clock timer for a block of code that waits for the GPU before reading the clock.
 
     GPU kernels run asynchronously, so without a synchronisation the clock would measure only
-    the time taken to *queue* the work.
+    the time taken to *queue* the work. Pass the GPU's ``device``: without one nothing is
+    synchronised, which is right only on a CPU.
 
     >>> with Timer() as t:
     ...     _ = sum(range(1000))
@@ -173,7 +177,8 @@ def record_data_source(description: str) -> None:
 
 
 def run_facts() -> dict:
-    """The facts an executed notebook is stamped with: versions, device, data, mode and date."""
+    """The facts an executed notebook is stamped with: PyTorch's version, device, data, mode and
+    date."""
     return {
         "torch": torch.__version__,
         "device": device_name(pick_device()),

@@ -83,6 +83,7 @@ class SmallCNN(nn.Module):
 def to_device(batch: Any, device: torch.device | str) -> Any:
     """Move a tensor, or the tensors in a (nested) tuple, list or dict, to ``device``.
 
+    Containers are rebuilt with their own type (a namedtuple keeps its fields).
     ``non_blocking=True``: a copy from pinned memory to a GPU is asynchronous with respect to the
     host, so the CPU does not wait for it and goes on queuing work (on one CUDA stream, the
     kernels queued after it still run after it). Elsewhere it is an ordinary copy.
@@ -90,7 +91,8 @@ def to_device(batch: Any, device: torch.device | str) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(item, device) for item in batch)
+        items = [to_device(item, device) for item in batch]
+        return type(batch)(*items) if hasattr(batch, "_fields") else type(batch)(items)
     if isinstance(batch, dict):
         return {key: to_device(value, device) for key, value in batch.items()}
     return batch
@@ -254,8 +256,10 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
     right, both while the weights were changing. ``correct_fn(outputs,
     targets)`` counts the right ones (None: accuracy is NaN). ``loss_fn``
     must average over the batch. ``progress``: a ``ProgressBar`` (None: one
-    where a reader can see it; True: always; False: none). Raises
-    ``FloatingPointError`` on a NaN loss.
+    where a reader can see it; True: always; False: none). Puts the model
+    in training mode and leaves it there. Raises ``FloatingPointError`` at
+    the end of the epoch if its mean loss is not finite (every batch has
+    been stepped by then).
     """
     _check_arguments(model, loss_fn, optimizer)  # refuse slips up front
     device = torch.device(device)
@@ -327,8 +331,9 @@ def evaluate(model: nn.Module, loader, loss_fn: Callable,
     """Mean loss per sample and accuracy of ``model`` over ``loader``,
     in eval mode.
 
-    Returns ``{"loss", "accuracy", "samples"}``. The model's mode (train or
-    eval) is restored afterwards, and its parameters are not touched.
+    Returns ``{"loss", "accuracy", "samples"}``; ``loss_fn`` must average
+    over the batch. The model's mode (train or eval) is restored afterwards,
+    and its parameters are not touched.
     """
     _check_loss_fn(loss_fn)
     device = torch.device(device)
@@ -714,8 +719,8 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer:
     when given, and the global random generators when ``restore_rng``. Returns the checkpoint
     (``"epoch"``, ``"history"``, ...).
 
-    Raises ``CheckpointError``, saying what is wrong, for a file that is damaged or not such a
-    checkpoint, or that does not fit what is given: another model, another class of optimizer
+    Raises ``FileNotFoundError`` when there is no file at ``path``, and ``CheckpointError``,
+    saying what is wrong, for a file that is damaged or not such a checkpoint, or that does not fit what is given: another model, another class of optimizer
     or scheduler, a scheduler given where the run had none (or, with an optimizer, the reverse),
     or an optimizer whose settings (lr, weight_decay, ...; with a scheduler, where its schedule
     starts) differ from the run's, which the checkpoint's would silently replace.
@@ -778,8 +783,8 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
     ``new_settings=True`` goes on with the given optimizer's settings instead (a lower learning
     rate after a NaN loss, say; not with a scheduler). It also refuses (``ValueError``)
     ``epochs`` no larger than the epochs the checkpoint holds: there is nothing left to train.
-    A loss that becomes NaN or infinite stops training with a ``FloatingPointError`` that says
-    how to go on; so do weights or a validation loss that are not finite at the end of an epoch
+    An epoch whose mean loss is NaN or infinite stops training with a ``FloatingPointError`` that
+    says how to go on; so do weights or a validation loss that are not finite at the end of an epoch
     (its last steps diverged), before that epoch's checkpoint would replace the last good one.
 
     ``scheduler`` steps once per epoch. ``on_epoch_end(epoch, history)`` returning True stops

@@ -150,10 +150,9 @@ def test_a_noisy_run_never_replaces_the_committed_notebook(tmp_path):
 def test_execute_stamps_and_writes_into_another_folder(tmp_path):
     from helpers.notebooks import execute
 
-    path, out = tmp_path / "tiny.ipynb", tmp_path / "out"
+    path, out = tmp_path / "tiny.ipynb", tmp_path / "out" / "gpu-run"
     nbformat.write(_tiny_notebook(None), path)
-    out.mkdir()
-    stamp = execute(path, out=out)
+    stamp = execute(path, out=out)  # the folder is made: the run is never lost at the end
     executed = nbformat.read(out / "tiny.ipynb", as_version=4)
     assert executed.cells[0].outputs[0].text == "42\n"
     assert executed.metadata["course"] == stamp and stamp["code_sha256"] == code_hash(executed)

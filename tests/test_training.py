@@ -1218,3 +1218,13 @@ def test_finite_weights_are_all_checked():
     assert training._all_finite([torch.ones(2), torch.tensor([math.nan])]) is False
     assert training._all_finite([torch.tensor([math.inf]), torch.ones(2)]) is False
     assert training._all_finite([]) is True
+
+
+def test_to_device_keeps_a_namedtuples_fields():
+    from collections import namedtuple
+
+    from helpers.training import to_device
+
+    Batch = namedtuple("Batch", "images labels")
+    moved = to_device(Batch(torch.ones(2, 3), [torch.zeros(2)]), "cpu")
+    assert isinstance(moved, Batch) and moved.images.shape == (2, 3) and isinstance(moved.labels, list)
