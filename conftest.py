@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-# Quick mode (small data, one short epoch, CPU-sized) for every notebook nbval runs. Set here,
+# Quick mode (small data, one to three short epochs, CPU-sized) for every notebook nbval runs. Set here,
 # before nbval starts any kernel, so that the kernels inherit it.
 os.environ.setdefault("COURSE_QUICK", "1")
 # Like `python -m helpers.notebooks execute`, so that nbval sees what produced the stored outputs.

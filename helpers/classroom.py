@@ -3,7 +3,7 @@
 Introduced in the page "Instructor guide" (book/instructor_guide.md); an instructor's tool::
 
     python -m helpers.classroom student-edition OUTDIR [NOTEBOOK ...]
-    python -m helpers.classroom grade SUBMISSIONS --report OUTDIR \
+    python -m helpers.classroom grade SUBMISSIONS --report OUTDIR \\
         [--timeout 120] [--full]
     python -m helpers.classroom exercise-table [--write]
 
@@ -538,8 +538,8 @@ def grade(folder: Path, report: Path, timeout: float = DEFAULT_TIMEOUT, quick: b
 
     The ``executed/`` and ``feedback/`` folders of an earlier grading there are replaced.
     ``progress`` receives a line per notebook as it is graded, and one per file not graded (see
-    ``not_graded``); by default it is printed. Raises ``CannotGrade`` when the folders cannot
-    work (``folder`` is not a folder, ``report`` is a file or lies where submissions are read)."""
+    ``not_graded``); by default it is printed. Raises ``CannotGrade``, saying why, when grading
+    cannot start (the folders, the time limit, no notebooks to grade)."""
     progress = progress or _say
     if not folder.is_dir():
         raise CannotGrade(f"{folder} is not a folder: give the folder that holds the submitted notebooks")

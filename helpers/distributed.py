@@ -3,7 +3,7 @@
 Introduced in the chapter "Scaling out with DistributedDataParallel" (book/distributed.ipynb). It
 runs as::
 
-    torchrun --standalone --nproc-per-node=2 -m helpers.distributed \
+    torchrun --standalone --nproc-per-node=2 -m helpers.distributed \\
         --epochs 2 --batch-size 32
 
 ``torchrun`` starts the processes and gives each one its rank in environment variables;

@@ -77,14 +77,14 @@ class HiddenCases:
 class Exercise:
     """An exercise's check: either ``cases`` with an ``expected`` oracle, or a ``judge``.
 
-    ``expected(*case.args)`` gives the right result for a case (often PyTorch's own function);
-    results are compared with ``atol`` and ``rtol``, and ``explain`` may name the mistake behind a
-    wrong one (see ``first_failure``). A ``judge(answer)`` instead returns a failure message, or
-    None when the answer is right, for answers that are not pure functions. ``hidden``, if given,
-    runs after either has passed. ``forbids``, ``([(owner, attribute, shown name), ...], rule)``,
-    makes those functions raise while the answer runs, for an exercise whose text rules them out:
-    public functions that PyTorch dispatches (``torch.nn.functional.l1_loss``), not the
-    ``torch._C`` functions they call.
+    ``expected(*case.args, **case.kwargs)`` gives the right result for a case (often PyTorch's own
+    function); results are compared with ``atol`` and ``rtol``, and ``explain`` may name the mistake
+    behind a wrong one (see ``first_failure``). A ``judge(answer)`` instead returns a failure
+    message, or None when the answer is right, for answers that are not pure functions. ``hidden``,
+    if given, runs after either has passed. ``forbids``,
+    ``([(owner, attribute, shown name), ...], rule)``, makes those functions raise while the answer
+    runs, for an exercise whose text rules them out: public functions that PyTorch dispatches
+    (``torch.nn.functional.l1_loss``), not the ``torch._C`` functions they call.
     """
 
     name: str  # "<chapter notebook>.<what>", e.g. "dynamic_graph.count_nodes"

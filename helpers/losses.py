@@ -102,7 +102,8 @@ def binary_cross_entropy_with_logits(logits: torch.Tensor, targets: torch.Tensor
     ``loss_i = (1 - y_i) z_i + log(1 + exp(-z_i))``, where the log-sum-exp
     ``log(exp(0) + exp(-z)) = m + log(exp(-m) + exp(-z - m))`` with ``m = max(0, -z)`` never
     exponentiates a positive number. Finite for any finite logit; the gradient with respect to
-    z is ``(sigmoid(z) - y) / N`` with ``reduction="mean"`` (without the ``/ N`` for "sum"). ``logits`` z and ``targets`` y have the same shape ``(*)``.
+    z is ``(sigmoid(z) - y) / N`` with ``reduction="mean"`` (without the ``/ N`` for "sum").
+    ``logits`` z and ``targets`` y have the same shape ``(*)``.
     """
     _check_reduction(reduction)
     _check_floating(logits, "logits")

@@ -6,7 +6,7 @@ Each class is a ``torch.optim.Optimizer``: it takes parameters or parameter grou
 ``zero_grad``, ``state_dict``/``load_state_dict`` and the learning-rate schedulers of
 ``torch.optim.lr_scheduler`` work with it as with PyTorch's own. Only the update is ours: each
 class's docstring gives its formula, with g the gradient, θ a parameter, η the learning rate and
-λ the weight decay, and ``_update`` follows it line by line. The state keeps PyTorch's names
+λ the weight decay, and the class's update code follows it line by line. The state keeps PyTorch's names
 (``momentum_buffer``, ``exp_avg``, ...) so that the two can be read side by side. The tests show
 that 100 steps of each follow ``torch.optim``'s trajectory within 1e-6 relative, wherever the
 trajectory is not chaotic (see tests/test_optimizers.py).

@@ -719,14 +719,14 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None, optimizer:
     when given, and the global random generators when ``restore_rng``. Returns the checkpoint
     (``"epoch"``, ``"history"``, ...).
 
-    Raises ``FileNotFoundError`` when there is no file at ``path``, and ``CheckpointError``,
-    saying what is wrong, for a file that is damaged or not such a checkpoint, or that does not fit what is given: another model, another class of optimizer
-    or scheduler, a scheduler given where the run had none (or, with an optimizer, the reverse),
-    or an optimizer whose settings (lr, weight_decay, ...; with a scheduler, where its schedule
-    starts) differ from the run's, which the checkpoint's would silently replace.
-    ``new_settings=True`` keeps the given optimizer's settings instead (its state, such as
-    Adam's averages, still comes from the checkpoint), to go on with a lower learning rate, say;
-    not with a scheduler. When it raises, everything given is left as it was.
+    Raises ``FileNotFoundError`` when there is no file at ``path``, and ``CheckpointError``, saying
+    what is wrong, for a file that is damaged or not such a checkpoint, or that does not fit what is
+    given: another model, another class of optimizer or scheduler, a scheduler given where the run
+    had none (or, with an optimizer, the reverse), or an optimizer whose settings (lr, weight_decay,
+    ...; with a scheduler, where its schedule starts) differ from the run's, which the checkpoint's
+    would silently replace. ``new_settings=True`` keeps the given optimizer's settings instead (its
+    state, such as Adam's averages, still comes from the checkpoint), to go on with a lower learning
+    rate, say; not with a scheduler. When it raises, everything given is left as it was.
     """
     path = Path(path)
     state = _read_checkpoint(path)

@@ -80,3 +80,16 @@ def test_the_helpers_reference_documents_every_module():
     documented = re.findall(r"\.\. automodule:: helpers\.(\w+)", (ROOT / "book" / "helpers_reference.md").read_text())
     modules = sorted(p.stem for p in (ROOT / "helpers").glob("*.py") if p.stem != "__init__")
     assert sorted(documented) == modules
+
+
+def test_the_code_examples_of_the_helpers_reference_fit_the_page(built):
+    # The docstrings' examples are code blocks of the reference page: at most 79 characters a line,
+    # as in the chapters (a docstring's backslash at a line's end joins it to the next).
+    import html
+    import re
+
+    page = (built / "book" / "helpers_reference.html").read_text()
+    blocks = [re.sub(r"<[^>]+>", "", block) for block in re.findall(r"<pre>(.*?)</pre>", page, re.S)]
+    assert len(blocks) >= 10
+    long = [line for block in blocks for line in html.unescape(block).splitlines() if len(line) > 79]
+    assert not long, long
