@@ -1468,7 +1468,7 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
         layer.register_forward_hook(lambda module, args, output: seen.append((torch.is_grad_enabled(),
                                                                               module.training)))
     # The loss sees the outputs however the model was run (even layer by layer, by forward()).
-    dropout = model[2]
+    dropout = next(layer for layer in model if isinstance(layer, torch.nn.Dropout))
     loss_fn.register_forward_pre_hook(lambda module, args: seen.append((args[0].requires_grad, dropout.training)))
     label = "a model with dropout and a loader of 10 samples in batches of 4, 4 and 2"
     got = call_answer(answer, label, model, loader, loss_fn)
