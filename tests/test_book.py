@@ -1,5 +1,8 @@
 """The book builds with warnings as errors, and its pages carry what readers need."""
 
+import collections
+import html
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,8 +54,6 @@ def test_math_is_left_for_mathjax(built):
 def test_every_figure_has_alt_text_that_describes_it(built):
     # Without alt text, myst-nb writes the image's file path as its alt, which is all a screen
     # reader would say. The alt comes from the cell's metadata (see tests/test_notebooks.py).
-    import re
-
     figures = 0
     for page in sorted((built / "book").glob("*.html")):
         for tag in re.findall(r'<img [^>]*src="[^"]*_images/[^>]*>', page.read_text()):  # the outputs
@@ -64,19 +65,15 @@ def test_every_figure_has_alt_text_that_describes_it(built):
 
 def test_no_page_holds_an_id_twice(built):
     # sphinx-exercise gives every exercise the same id; book/_ext/unique_exercise_ids.py numbers them.
-    import collections
-    import re
-
     for page in sorted(built.rglob("*.html")):
         ids = collections.Counter(re.findall(r'\sid="([^"]+)"', page.read_text()))
-        assert not [i for i, n in ids.items() if n > 1], (page.name, [i for i, n in ids.items() if n > 1])
+        repeated = [i for i, n in ids.items() if n > 1]
+        assert not repeated, (page.name, repeated)
     exercises = (built / "book" / "evaluation.html").read_text()
     assert 'id="exercise-content-3"' in exercises and 'id="solution-content-3"' in exercises
 
 
 def test_the_helpers_reference_documents_every_module():
-    import re
-
     documented = re.findall(r"\.\. automodule:: helpers\.(\w+)", (ROOT / "book" / "helpers_reference.md").read_text())
     modules = sorted(p.stem for p in (ROOT / "helpers").glob("*.py") if p.stem != "__init__")
     assert sorted(documented) == modules
@@ -85,9 +82,6 @@ def test_the_helpers_reference_documents_every_module():
 def test_the_code_examples_of_the_helpers_reference_fit_the_page(built):
     # The docstrings' examples are code blocks of the reference page: at most 79 characters a line,
     # as in the chapters (a docstring's backslash at a line's end joins it to the next).
-    import html
-    import re
-
     page = (built / "book" / "helpers_reference.html").read_text()
     blocks = [re.sub(r"<[^>]+>", "", block) for block in re.findall(r"<pre>(.*?)</pre>", page, re.S)]
     assert len(blocks) >= 10
