@@ -219,10 +219,11 @@ class Adam(_FormulaOptimizer):
 class AdamW(Adam):
     r"""AdamW: Adam with decoupled weight decay, as in ``torch.optim.AdamW``.
 
-    The weight decay shrinks θ before the Adam step and stays out of the averages::
+    The weight decay shrinks θ directly and stays out of the averages; the gradient is the
+    loss's alone, taken before the decay::
 
-        θ ← θ − η λ θ
-        then Adam's step with g ← ∇L(θ) (no λθ added)
+        g ← ∇L(θ), with no λθ added
+        θ ← (1 − η λ) θ − η m̂ / (√v̂ + ε), with m̂ and v̂ from g as in Adam
     """
 
     decoupled_weight_decay = True
