@@ -169,22 +169,55 @@ def _equals(value: Any, number: int) -> bool:
     return value == number
 
 
+def _index_of(tensor: torch.Tensor, flat: int) -> list[int]:
+    """The index of ``tensor``'s element number ``flat`` (row-major), as a list: [1, 0, 2]."""
+    index = []
+    for size in reversed(tensor.shape):
+        index.append(flat % size)
+        flat //= size
+    return index[::-1]
+
+
 def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> None:
     """Return if ``got`` agrees with ``expected``; otherwise raise an exception whose message says
     how they differ (type, shape, NaN, the largest difference), which the verdict shows. A judge
     that calls it catches ``Exception``: a result it cannot read may raise another error."""
     if isinstance(expected, torch.Tensor):
         if not isinstance(got, torch.Tensor):
-            raise _Mismatch(f"expected a tensor, got {type(got).__name__} {_describe(got)}")
+            right = ""
+            number = isinstance(got, numbers.Real) and not isinstance(got, bool)
+            if (number and expected.numel() == 1
+                    and math.isclose(got, expected.item(), rel_tol=rtol, abs_tol=atol)):
+                right = (": the value is right, but return it as a tensor "
+                         "(leave out .item() or float())")
+            raise _Mismatch(f"expected a tensor, got {type(got).__name__} {_describe(got)}{right}")
         if got.shape != expected.shape:
             raise _Mismatch(f"expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}")
         got_f, exp_f = got.detach().double().cpu(), expected.detach().double().cpu()
         if torch.isnan(got_f).any() and not torch.isnan(exp_f).any():
             raise _Mismatch(f"the answer contains NaN: {_describe(got)}")
+        # A large tensor is described by its shape only: say where an inf is, and where the two
+        # differ most, as its values are not shown. (A small one is shown, inf included.)
+        large = got.numel() > 8
+        wrong_inf = torch.isinf(got_f) & torch.isfinite(exp_f)
+        if large and wrong_inf.any():
+            first = _index_of(wrong_inf, int(wrong_inf.flatten().nonzero()[0]))
+            kinds = " and ".join(f"{sign}inf" for sign, there in (("-", got_f < 0), ("", got_f > 0))
+                                 if (wrong_inf & there).any())
+            there = exp_f[tuple(first)].item()
+            raise _Mismatch(f"the answer contains {kinds} where finite values were expected, "
+                            f"first at {first} (expected {there:.6g} there): {_describe(got)}")
         if not torch.allclose(got_f, exp_f, atol=atol, rtol=rtol, equal_nan=True):
-            worst = (got_f - exp_f).abs().nan_to_num(nan=math.inf).max().item()
+            differences = (got_f - exp_f).abs().nan_to_num(nan=math.inf)
+            if large:  # its values are not shown: show the two where they differ most
+                at = _index_of(differences, int(differences.flatten().argmax()))
+                dtypes = ("" if got.dtype == expected.dtype
+                          else f" (its dtype is {got.dtype}, expected {expected.dtype})")
+                raise _Mismatch(f"the answer, a tensor of shape {tuple(got.shape)}, differs most at "
+                                f"{at}: expected {exp_f[tuple(at)].item():.6g}, got "
+                                f"{got_f[tuple(at)].item():.6g}{dtypes}")
             raise _Mismatch(f"expected {_describe(expected)}, got {_describe(got)} "
-                            f"(largest difference {worst:.3g})")
+                            f"(largest difference {differences.max().item():.3g})")
         return
     if isinstance(expected, float):
         if isinstance(got, torch.Tensor) and got.numel() == 1:
@@ -770,6 +803,8 @@ register(Exercise(
          "too (the chapter's section \"The log-sum-exp form\" ends with why).",
     judge=_losses_judge(
         _losses_bce_cases, lambda z, y: torch.nn.functional.binary_cross_entropy_with_logits(z, y), [
+            (lambda got, want, z, y: isinstance(got, torch.Tensor) and got.dim() > 0,
+             "The loss is one number: average the losses of the elements, .mean() with no dim."),
             (_losses_not_finite,
              "In float32, sigmoid(z) rounds to exactly 1 for z above about 16.6 and to 0 below about "
              "-88.7, so log(p) or log(1 - p) is log(0) = -inf, and 0 * (-inf) is NaN: do not form "
@@ -811,8 +846,8 @@ register(Exercise(
         (_losses_not_finite,
          "In float32 exp(z) overflows to inf once z passes about 88.7 (and inf / inf is NaN), "
          "and a probability such as exp(-1000) underflows to 0 (and log(0) is -inf): never form "
-         "the probabilities; subtract each row's maximum m and compute "
-         "(z - m) - log(sum(exp(z - m))), the same number mathematically."),
+         "the probabilities: shift each row by its maximum first, which does not change the "
+         "log-softmax mathematically, so that no exp overflows."),
         (_losses_gives(lambda z: torch.log_softmax(z, dim=0)),
          "That normalises down the columns (dim=0): each row holds one example's logits, so sum "
          "along the last dimension, dim=-1."),
@@ -941,6 +976,10 @@ _LOSSES_CE_MISTAKES = [
      "That divides by N × C: sum over the classes, then average over the examples only."),
     (_losses_gives(lambda z, y: -_losses_rows(torch.softmax(z, -1), y).mean()),
      "That averages the probabilities of the right classes: the loss is minus their logarithm."),
+    (_losses_gives(lambda z, y, ignore_index=-100: torch.nn.functional.cross_entropy(
+        torch.softmax(z, -1), y, ignore_index=ignore_index)),
+     "The logits were turned into probabilities (softmax) before the log-softmax: cross-entropy "
+     "takes the logits themselves, and its log-softmax does the normalising."),
 ]
 
 
@@ -1120,8 +1159,12 @@ _MOMENTUM_SLIPS = [
     (_momentum_first_step_without_nesterov,
      "The first step ignores nesterov=True: with Nesterov it too moves by lr * (g + momentum * b), "
      "with b = g, that is by lr * (1 + momentum) * g."),
+    # With dampening 0, Nesterov written with the buffer from before the update,
+    # g + momentum * b_old, is plain momentum too: the message fits both slips.
     (_momentum_without_nesterov,
-     "nesterov=True is ignored: with Nesterov the step is lr * (g + momentum * b), not lr * b."),
+     "The step equals plain momentum's, lr * b, as when nesterov=True is ignored or uses the "
+     "buffer from before this step's update: with Nesterov the step is lr * (g + momentum * b), "
+     "where b is the buffer after the update."),
 ]
 
 register(Exercise(
@@ -1239,6 +1282,9 @@ def _data_stats_mistake(got: Any, want: Any, images: torch.Tensor) -> str:
         (lambda: torch.std_mean(x / 255, dim=(1, 2, 3), correction=0)[::-1],
          "Those are one mean and std per image: reduce over images, height and width, dim=(0, 2, 3), "
          "to get one per channel."),
+        (lambda: torch.std_mean(x / 255, dim=(0, 2, 3), correction=0),
+         "Those are the std and the mean, in that order (as torch.std_mean returns them): return "
+         "(mean, std)."),
     ]
     for wrong, explanation in candidates:
         mean, std = (t.float() for t in wrong())
@@ -1303,6 +1349,9 @@ def _data_batches_mistake(got: Any, want: int, num_samples: int, batch_size: int
                 "a smaller one")
     if drop_last and got == -(-num_samples // batch_size):
         return "With drop_last=True, the samples left over after the last full batch form no batch"
+    if num_samples % batch_size == 0 and got == num_samples // batch_size + 1:
+        return ("That counts one batch too many when the samples fill the batches exactly: a last, "
+                "smaller batch exists only when samples are left over")
     return ""
 
 
@@ -1360,14 +1409,22 @@ def _training_conv_mistake(got: Any, want: int, size: int, kernel_size: int, str
                            dilation: int = 1) -> str:
     """Name the usual mistake behind a wrong output size of a dilated convolution, or return ''; it
     names no input."""
-    if dilation == 1:
+    if _equals(got, want):  # the right value as a float: compare() has said to return an int
         return ""
-    if got == (size + 2 * padding - kernel_size) // stride + 1:
+    if dilation != 1 and got == (size + 2 * padding - kernel_size) // stride + 1:
         return ("That is the size without dilation: spread out, the kernel covers more pixels than "
                 "kernel_size, so it fits at fewer positions")
-    if got == (size + 2 * padding - dilation * kernel_size) // stride + 1:
+    if dilation != 1 and got == (size + 2 * padding - dilation * kernel_size) // stride + 1:
         return ("That takes the kernel to cover dilation * kernel_size pixels; but its kernel_size taps, "
                 "dilation pixels apart, have one gap fewer between them than there are taps")
+    span = dilation * (kernel_size - 1) + 1  # the pixels the kernel covers, first tap to last
+    if padding > 0 and got == (size - span) // stride + 1:
+        return "That leaves the padding out: it adds padding pixels on each side of the input"
+    if padding > 0 and got == (size + padding - span) // stride + 1:
+        return "That pads one side only: the padding is added on both sides of the input"
+    if got == (size + 2 * padding - span) // stride:
+        return ("That is one position short: count the kernel's first position, then one more "
+                "per stride (the + 1)")
     return ""
 
 
@@ -1429,7 +1486,14 @@ def _training_mean_loss_mistake(got: Any, want: float, model, loader, loss_fn) -
                                                rel_tol=1e-5):
         return ("That is the mean of the batch means, which gives a smaller last batch as much weight as a "
                 "full one: weight each batch's mean loss by its size and divide by the number of samples")
+    per_batch = want * len(loader.dataset) / len(loader)  # the sum of the losses / the batches
+    if isinstance(got, float) and math.isclose(got, per_batch, rel_tol=1e-5):
+        return _TRAINING_PER_BATCH
     return ""
+
+
+_TRAINING_PER_BATCH = ("That divides the sum of the losses by the number of batches, len(loader): "
+                       "divide by the number of samples")
 
 
 def _training_hidden_mean_losses(generator: torch.Generator) -> list[Case]:
@@ -1472,6 +1536,10 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
     loss_fn.register_forward_pre_hook(lambda module, args: seen.append((args[0].requires_grad, dropout.training)))
     label = "a model with dropout and a loader of 10 samples in batches of 4, 4 and 2"
     got = call_answer(answer, label, model, loader, loss_fn)
+    # The check runs under torch.enable_grad(), which hides from the other checks an answer that
+    # switches gradients off for good (torch.set_grad_enabled(False) as a call): see it here.
+    grad_left_off = not torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
     if not isinstance(got, float):
@@ -1482,6 +1550,10 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
     if any(grad for grad, _ in seen):
         return (f"on {label}, the forward passes recorded a graph for gradients: wrap the loop in "
                 f"torch.no_grad() (or decorate the function with @torch.no_grad())")
+    if grad_left_off:
+        return (f"on {label}, gradients were still switched off after the function returned, so "
+                f"training after it would record no graph: use `with torch.no_grad():`, which "
+                f"switches them back on at its end")
     if not model.training:
         return f"on {label}, the model was left in eval mode: put it back with model.train() at the end"
     if math.isclose(got, mean_of_batch_means, rel_tol=1e-5) and not math.isclose(got, want, rel_tol=1e-5):
@@ -1489,7 +1561,9 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
                 f"means, which gives the last batch of 2 as much weight as the batches of 4. Weight "
                 f"each batch's mean loss by its size and divide by the number of samples")
     if not math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-7):
-        return f"on {label}, expected {want:.6g}, got {got:.6g}"
+        per_batch = math.isclose(got, want * len(inputs) / len(loader), rel_tol=1e-5)
+        return f"on {label}, expected {want:.6g}, got {got:.6g}" + (
+            f". {_TRAINING_PER_BATCH}" if per_batch else "")
     return None
 
 
@@ -1588,17 +1662,30 @@ def _judge_train_step(answer: Callable) -> str | None:
         model.weight.copy_(torch.randn(2, 3, generator=generator))
         model.bias.copy_(torch.randn(2, generator=generator))
     reference = copy.deepcopy(model)
+    # Where the exercise's handed-out code takes the parameters: its .grad sums the gradients of
+    # every step so far. An answer that lands there is told the symptom, not the fix.
+    handed_out, summed = copy.deepcopy(model), None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    # A hand-written p -= 0.1 * p.grad matches SGD(lr=0.1) exactly: count the optimizer's steps.
+    steps = []
+    optimizer.register_step_post_hook(lambda optimizer, args, kwargs: steps.append(1))
     batches = [(torch.randn(4, 3, generator=generator), torch.randn(4, 2, generator=generator))
                for _ in range(3)]
     for k, (inputs, targets) in enumerate(batches, start=1):
         before = [p.detach().clone() for p in model.parameters()]
+        steps.clear()
         loss = call_answer(answer, f"batch {k}", model, optimizer, inputs, targets)
         # What the step must do: one step of gradient descent on this batch's loss alone.
         expected_loss = F.mse_loss(reference(inputs), targets)
         grads = torch.autograd.grad(expected_loss, list(reference.parameters()))
         with torch.no_grad():
             for p, g in zip(reference.parameters(), grads):
+                p -= 0.1 * g
+        handed_out_grads = torch.autograd.grad(F.mse_loss(handed_out(inputs), targets),
+                                               list(handed_out.parameters()))
+        summed = handed_out_grads if summed is None else [s + g for s, g in zip(summed, handed_out_grads)]
+        with torch.no_grad():
+            for p, g in zip(handed_out.parameters(), summed):
                 p -= 0.1 * g
         if isinstance(loss, torch.Tensor):
             # A tensor that requires a gradient keeps the step's whole graph alive: a list of them
@@ -1612,7 +1699,12 @@ def _judge_train_step(answer: Callable) -> str | None:
             return (f"on batch {k}, train_step returned the loss {loss:.4g}, but the batch's mean squared "
                     f"error before the step is {expected_loss.item():.4g}")
         after = [p.detach() for p in model.parameters()]
-        if all(torch.equal(a, b) for a, b in zip(after, before)):
+        unchanged = all(torch.equal(a, b) for a, b in zip(after, before))
+        if not steps:
+            moved = "did not change" if unchanged else "moved"
+            return (f"on batch {k}, the parameters {moved}, but optimizer.step() was never called: "
+                    f"update them with the optimizer that train_step is given")
+        if unchanged:
             return (f"after step {k} the parameters did not change: the gradients were zeroed (or never "
                     f"computed) between loss.backward() and optimizer.step()")
         worst = max((a - r).abs().max().item() for a, r in zip(after, reference.parameters()))
@@ -1621,6 +1713,11 @@ def _judge_train_step(answer: Callable) -> str | None:
                 return (f"after step 1 the parameters differ from one gradient-descent step on the batch's "
                         f"mean squared error (largest difference {worst:.3g})")
             right = "step 1 is right" if k == 2 else f"steps 1 to {k - 1} are right"
+            if all(torch.allclose(a, h, atol=1e-6) for a, h in zip(after, handed_out.parameters())):
+                return (f"{right}, but after step {k} the parameters are where the exercise's code "
+                        f"takes them: step {k} moved them by the gradients of batch {k} and of the "
+                        f"earlier batches together. What does .grad hold when backward() runs in "
+                        f"step {k}?")
             return (f"{right}, but after step {k} the parameters differ from one gradient-descent step on "
                     f"batch {k} (largest difference {worst:.3g}), as when gradients left over from earlier "
                     f"steps are added to this one: call optimizer.zero_grad() before loss.backward()")
@@ -1658,6 +1755,41 @@ def _logistic_grad_by_autograd(X, t, w, b):
     return torch.autograd.grad(loss, (w, b))
 
 
+def _logistic_slip(sum_not_mean=False, sign=1.0, extra_sigmoid_slope=False, without_b=False):
+    """The gradients (w, b) by hand, written with one of the usual slips, to recognise it."""
+    def grad(X, t, w, b):
+        p = torch.sigmoid(X @ w + (0 if without_b else b))
+        error = sign * (p - t)  # dL/dz_i, times n
+        if extra_sigmoid_slope:  # sigmoid' counted again, although (p - t) already includes it
+            error = error * p * (1 - p)
+        n = 1 if sum_not_mean else len(t)
+        return X.T @ error / n, error.sum() / n
+    return grad
+
+
+def _logistic_explain(got, want, X, t, w, b) -> str:
+    """Name the usual slip behind wrong gradients, or return ''."""
+    for slip, explanation in [
+        (_logistic_slip(sum_not_mean=True),
+         "Those are the gradients of the sum of the losses: the loss is their mean, so divide by "
+         "the number of points."),
+        (_logistic_slip(sign=-1.0),
+         "The sign is flipped (each entry is minus the right one): the loss is minus the "
+         "log-likelihood, so check the sign of its derivative with respect to p_i."),
+        (_logistic_slip(extra_sigmoid_slope=True),
+         "There is one factor sigmoid'(z_i) = p_i (1 - p_i) too many: multiply the derivative of "
+         "the loss with respect to p_i by sigmoid'(z_i) once, and simplify the product."),
+        (_logistic_slip(without_b=True),
+         "The bias b is left out of the logits: z_i = x_i . w + b."),
+    ]:
+        try:
+            compare(got, tuple(slip(X, t, w, b)), 1e-9, 1e-7)
+        except Exception:  # not this slip
+            continue
+        return explanation
+    return ""
+
+
 register(Exercise(
     name="autograd.logistic_grad",
     title="Compute a gradient by hand",
@@ -1669,6 +1801,7 @@ register(Exercise(
          "Multiply them out and simplify; mind the mean over n and the shapes of w and b.",
     cases=_logistic_cases,
     expected=_logistic_grad_by_autograd,
+    explain=_logistic_explain,
     atol=1e-9,
     rtol=1e-7,
     forbids=([(torch.autograd, "grad", "torch.autograd.grad"),
@@ -2037,14 +2170,31 @@ def _distributed_judge_accumulation(answer: Callable) -> str | None:
                 seen.append(len(args[0] if args else next(iter(kwargs.values()))))
         # On the first layer, so that model(x), model.forward(x) and keyword calls are all seen.
         recording = model[0].register_forward_pre_hook(record, with_kwargs=True)
+        # A hook on a leaf fires once per backward() (or autograd.grad) that reaches it: it records
+        # how many forward passes had run by then. Accumulation runs backward on each micro-batch
+        # before the next forward pass, [1, 2, 3]; one backward() over the summed losses, [3],
+        # gives the same gradients but keeps every micro-batch's graph alive until the end.
+        backwards = []
+        counting = model[0].weight.register_hook(lambda grad: backwards.append(len(seen)))
         try:
             got = call_answer(answer, label, model, loss_fn, inputs.clone(), targets.clone(), micro_batches)
         finally:
             recording.remove()
+            counting.remove()
         if seen != [12 // micro_batches] * micro_batches:
             return (f"on {label}, the model ran forward passes on batches of {seen or 'nothing'}: run "
                     f"forward and backward on each of the {micro_batches} micro-batches of "
                     f"{12 // micro_batches} in turn, which is the point of accumulation")
+        # No backward at all is left to the gradients' check (torch.func computes them otherwise).
+        if backwards and backwards != list(range(1, micro_batches + 1)):
+            times = "once" if len(backwards) == 1 else f"{len(backwards)} times"
+            last = "only after the last one" if len(backwards) == 1 else "all after the last one"
+            when = (last if set(backwards) == {micro_batches}
+                    else f"after forward passes {backwards} (counted from 1)")
+            return (f"on {label}, the model ran {micro_batches} forward passes, but backward() ran "
+                    f"{times}, {when}: call backward() on each micro-batch's loss before the "
+                    f"next forward pass. Keeping every micro-batch's graph until the end holds "
+                    f"the whole batch's activations, which accumulation exists to avoid")
         if not isinstance(got, (list, tuple)) or len(got) != len(want):
             return (f"on {label}, expected a list of {len(want)} gradients (one per parameter, in the order "
                     f"of model.parameters()), got {_describe(got)}")
@@ -2065,6 +2215,12 @@ def _distributed_judge_accumulation(answer: Callable) -> str | None:
         if gives([w + 1 for w in want], atol=1e-5):
             return (f"on {label}, the gradients include the ones left from an earlier step: backward() "
                     f"adds to .grad, so zero it first (model.zero_grad())")
+        size = 12 // micro_batches
+        last_loss = loss_fn(reference(inputs[-size:]), targets[-size:]) / micro_batches
+        last = torch.autograd.grad(last_loss, list(reference.parameters()))
+        if gives(list(last), atol=1e-5):
+            return (f"on {label}, only the last micro-batch's gradient is left: the gradients were "
+                    f"zeroed inside the loop. Zero them once, before it")
         try:
             compare(list(got), list(want), 1e-6, 1e-5)
         except _Mismatch as mismatch:
@@ -2199,17 +2355,42 @@ def _evaluation_macro_f1_mistake(got: Any, want: float, y_true, y_pred, num_clas
         ((f1 * support).sum().item() / support.sum().item(),
          "That is the F1 scores weighted by each class's number of samples (scikit-learn's "
          "average='weighted'). The macro average gives every class the same weight"),
-        (2 * p * r / (p + r) if p + r > 0 else 0.0,
-         "That is the harmonic mean of the macro precision and the macro recall. Macro-F1 first computes "
-         "each class's F1, then takes their plain mean"),
         (f1[defined].mean().item() if defined.any() else math.nan,
          "Classes that are never predicted, or have no samples, were left out of the mean. Their F1 is 0 "
          "(zero_division=0) and they stay in the mean over all num_classes classes"),
     ]
-    for wrong, explanation in candidates:
-        if not math.isnan(wrong) and math.isclose(got, wrong, rel_tol=1e-5, abs_tol=1e-7):
-            return explanation
-    return ""
+    # Answers built from precision and recall. When the macro precision equals the macro recall
+    # (as in the chapter's example), all four give the same number: then none of them is named.
+    from_precision_and_recall = [
+        (r, "That is the macro recall (the mean of the per-class recalls). Macro-F1 is the mean "
+            "of the per-class F1 scores, each combining that class's precision and recall"),
+        (p, "That is the macro precision (the mean of the per-class precisions). Macro-F1 is the "
+            "mean of the per-class F1 scores, each combining that class's precision and recall"),
+        ((p + r) / 2,
+         "That is the plain mean of precision and recall. F1 is their harmonic mean, class by "
+         "class, and macro-F1 is the plain mean of those per-class F1 scores"),
+        (2 * p * r / (p + r) if p + r > 0 else 0.0,
+         "That is the harmonic mean of the macro precision and the macro recall. Macro-F1 first "
+         "computes each class's F1, then takes their plain mean"),
+    ]
+
+    def matching(pairs):
+        return [explanation for wrong, explanation in pairs
+                if not math.isnan(wrong) and math.isclose(got, wrong, rel_tol=1e-5, abs_tol=1e-7)]
+
+    found = matching(candidates[:2])  # accuracy and the weighted mean come first, as before
+    if found:
+        return found[0]
+    found = matching(from_precision_and_recall)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        return ("Here the macro precision equals the macro recall, so that number is what each "
+                "of them gives, and so do their plain mean and the harmonic mean of the macro "
+                "precision and the macro recall. Macro-F1 is the plain mean of the per-class F1 "
+                "scores, each the harmonic mean of that class's own precision and recall")
+    found = matching(candidates[2:])
+    return found[0] if found else ""
 
 
 register(Exercise(
@@ -2237,15 +2418,17 @@ def _evaluation_curves() -> list[Case]:
     ]
 
 
-def _evaluation_stopping(val_losses, patience: int, ties_improve: bool = False) -> tuple[int, int]:
+def _evaluation_stopping(val_losses, patience: int, ties_improve: bool = False,
+                         never_reset: bool = False) -> tuple[int, int]:
     """(the epoch whose weights early stopping keeps, the epoch after which it stops), 1-based.
 
-    ``ties_improve=True`` is the usual mistake of counting a loss equal to the best as a new best.
+    ``ties_improve=True`` is the usual mistake of counting a loss equal to the best as a new best;
+    ``never_reset=True`` that of a count of epochs without improvement not reset by an improvement.
     """
     best, best_epoch, waited = math.inf, 0, 0
     for epoch, loss in enumerate(val_losses, start=1):
         if loss < best or (ties_improve and loss == best):
-            best, best_epoch, waited = loss, epoch, 0
+            best, best_epoch, waited = loss, epoch, waited if never_reset else 0
         else:
             waited += 1
             if waited == patience:
@@ -2282,6 +2465,26 @@ def _evaluation_stopping_mistake(got: Any, want: int, val_losses, patience: int)
     if got == stop:
         return ("That is the epoch at which training stops (after patience epochs without improvement); "
                 "early stopping keeps the weights of the best epoch before it")
+    # Stopping one epoch late or early (waited > patience, or counting from 0 to patience - 1) keeps
+    # the best epoch of a longer or shorter run. One epoch late may keep the global best too (as on
+    # the first case shown): then the message fits both mistakes.
+    if got == _evaluation_stopping(val_losses, patience + 1)[0]:
+        if got == global_best:
+            return ("That epoch has the lowest validation loss of the whole curve, and it is also "
+                    "the one kept by stopping one epoch late: either way the run went on past its "
+                    "stop. Stop as soon as patience epochs in a row have not improved on the best: "
+                    "later epochs are never seen")
+        return ("That is the epoch kept by stopping one epoch late, after patience + 1 epochs "
+                "without improvement: stop as soon as the count of epochs without improvement "
+                "reaches patience")
+    if patience > 1 and got == _evaluation_stopping(val_losses, patience - 1)[0]:
+        return ("That is the epoch kept by stopping one epoch early, after patience - 1 epochs "
+                "without improvement: stop when the count of epochs without improvement reaches "
+                "patience")
+    if got == _evaluation_stopping(val_losses, patience, never_reset=True)[0]:
+        return ("The count of epochs without improvement must start again from 0 at every "
+                "improvement: it counts the epochs since the best loss so far, not all the epochs "
+                "that did not improve")
     if got == global_best:
         return ("That epoch has the lowest validation loss of the whole curve, but training stopped before "
                 "it, once patience epochs in a row had not improved on the best: later epochs are never seen")

@@ -490,8 +490,9 @@ def test_train_step_reference_and_zeroing_after_the_step_pass():
 
 
 @pytest.mark.parametrize("answer, message", [
-    (train_step_buggy, "step 1 is right, but after step 2 the parameters differ from one gradient-descent "
-                       "step on batch 2 (largest difference"),
+    (train_step_buggy, "step 1 is right, but after step 2 the parameters are where the exercise's code takes "
+                       "them: step 2 moved them by the gradients of batch 2 and of the earlier batches "
+                       "together. What does .grad hold when backward() runs in step 2?"),
     (train_step_zeroes_too_late, "after step 1 the parameters did not change: the gradients were zeroed "
                                  "(or never computed) between loss.backward() and optimizer.step()"),
     (lambda model, optimizer, inputs, targets: None, "train_step should return the loss as a number "
@@ -505,8 +506,22 @@ def test_train_step_wrong_answers_are_told_what_is_wrong(answer, message):
     verdict = judge_answer("autograd.train_step", answer)
     assert verdict.status == FAILED
     assert verdict.message.startswith(message), verdict.message
-    if answer is train_step_buggy:
-        assert verdict.message.endswith("call optimizer.zero_grad() before loss.backward()")
+    if answer is train_step_buggy:  # the exercise's own code: the symptom, not the fix
+        assert "zero_grad" not in verdict.message
+
+
+def test_a_train_step_that_zeroes_some_gradients_only_is_told_the_fix():
+    def zeroes_the_weight_only(model, optimizer, inputs, targets):
+        model.weight.grad = None  # the bias keeps its old gradient
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    verdict = judge_answer("autograd.train_step", zeroes_the_weight_only)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("step 1 is right, but after step 2 the parameters differ"), verdict.message
+    assert verdict.message.endswith("call optimizer.zero_grad() before loss.backward()"), verdict.message
 
 
 def logistic_grad_right(X, t, w, b):

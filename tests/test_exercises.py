@@ -672,7 +672,7 @@ def test_a_verdict_shows_small_tensors_in_short_numbers_and_large_ones_by_shape(
     assert "tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]) of shape (8,)" in str(err.value)
     with pytest.raises(exercises._Mismatch) as err:
         compare(torch.zeros(9), torch.ones(9))
-    assert "a tensor of shape (9,) and dtype torch.float32" in str(err.value)
+    assert str(err.value) == "the answer, a tensor of shape (9,), differs most at [0]: expected 1, got 0"
     with pytest.raises(exercises._Mismatch) as err:
         compare("x" * 100, "y")
     assert f"got '{'x' * 76}..." in str(err.value) and "x" * 80 not in str(err.value)
@@ -1105,3 +1105,282 @@ def test_a_mean_loss_run_layer_by_layer_is_still_checked_for_eval_and_no_grad():
     verdict = judge_answer("training.mean_loss",
                            lambda *a: layer_by_layer(*a, switch_to_eval=False, without_grad=True))
     assert verdict.status == FAILED and "call model.eval()" in verdict.message, verdict.message
+
+
+# --- A review's wrong answers (each test fails on the checks as they were before it) ---------
+
+
+def _accumulate_by_micro_batch(model, loss_fn, inputs, targets, micro_batches):
+    model.zero_grad()
+    for x, y in zip(inputs.chunk(micro_batches), targets.chunk(micro_batches)):
+        (loss_fn(model(x), y) / micro_batches).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _accumulate_with_one_backward(model, loss_fn, inputs, targets, micro_batches):
+    model.zero_grad()
+    total = 0
+    for x, y in zip(inputs.chunk(micro_batches), targets.chunk(micro_batches)):
+        total = total + loss_fn(model(x), y) / micro_batches
+    total.backward()  # every micro-batch's graph stays alive until here
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _accumulate_forwards_first(model, loss_fn, inputs, targets, micro_batches):
+    model.zero_grad()
+    losses = [loss_fn(model(x), y) / micro_batches
+              for x, y in zip(inputs.chunk(micro_batches), targets.chunk(micro_batches))]
+    for loss in losses:
+        loss.backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _accumulate_scaled_after_and_logged(model, loss_fn, inputs, targets, micro_batches):
+    model.zero_grad()
+    for x, y in zip(inputs.chunk(micro_batches), targets.chunk(micro_batches)):
+        loss_fn(model(x), y).backward()
+        with torch.no_grad():  # a loss to print: no graph, no backward
+            loss_fn(model(x), y)
+    return [p.grad / micro_batches for p in model.parameters()]
+
+
+def _accumulate_by_autograd_grad(model, loss_fn, inputs, targets, micro_batches):
+    total = [torch.zeros_like(p) for p in model.parameters()]
+    for x, y in zip(inputs.chunk(micro_batches), targets.chunk(micro_batches)):
+        grads = torch.autograd.grad(loss_fn(model(x), y) / micro_batches, list(model.parameters()))
+        total = [t + g for t, g in zip(total, grads)]
+    return total
+
+
+def test_accumulation_needs_a_backward_per_micro_batch_and_its_right_variants_pass():
+    for answer in (_book_solutions()["distributed.accumulated_gradients"], _accumulate_by_micro_batch,
+                   _accumulate_scaled_after_and_logged, _accumulate_by_autograd_grad):
+        verdict = judge_answer("distributed.accumulated_gradients", answer)
+        assert verdict.status == PASSED, (answer.__name__, verdict.message)
+    verdict = judge_answer("distributed.accumulated_gradients", _accumulate_with_one_backward)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith(
+        "on 12 examples in 3 micro-batches of 4, the model ran 3 forward passes, but backward() ran "
+        "once, only after the last one: call backward() on each micro-batch's loss before the next "
+        "forward pass"), verdict.message
+    verdict = judge_answer("distributed.accumulated_gradients", _accumulate_forwards_first)
+    assert verdict.status == FAILED and "backward() ran 3 times, all after the last one" in verdict.message
+
+
+def test_accumulation_that_zeroes_inside_the_loop_is_told_only_the_last_micro_batch_is_left():
+    def zeroes_every_time(model, loss_fn, inputs, targets, micro_batches):
+        for x, y in zip(inputs.chunk(micro_batches), targets.chunk(micro_batches)):
+            model.zero_grad()
+            (loss_fn(model(x), y) / micro_batches).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    verdict = judge_answer("distributed.accumulated_gradients", zeroes_every_time)
+    assert verdict.status == FAILED
+    assert "only the last micro-batch's gradient is left" in verdict.message, verdict.message
+
+
+def test_a_train_step_that_ignores_its_optimizer_fails():
+    import torch.nn.functional as F
+
+    def by_hand(model, optimizer, inputs, targets):  # the same numbers as the check's SGD(lr=0.1)
+        model.zero_grad()
+        loss = F.mse_loss(model(inputs), targets)
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+        return loss.item()
+
+    def with_a_closure(model, optimizer, inputs, targets):  # right: step(closure) is a step too
+        def closure():
+            optimizer.zero_grad()
+            loss = F.mse_loss(model(inputs), targets)
+            loss.backward()
+            return loss
+        return optimizer.step(closure).item()
+
+    verdict = judge_answer("autograd.train_step", by_hand)
+    assert verdict.status == FAILED
+    assert verdict.message == ("on batch 1, the parameters moved, but optimizer.step() was never called: "
+                               "update them with the optimizer that train_step is given")
+    assert judge_answer("autograd.train_step", with_a_closure).status == PASSED
+
+
+def _per_class_precision_recall(y_true, y_pred, num_classes):
+    y_true, y_pred = torch.as_tensor(y_true), torch.as_tensor(y_pred)
+    pairs = []
+    for k in range(num_classes):
+        tp = ((y_pred == k) & (y_true == k)).sum().item()
+        predicted, actual = (y_pred == k).sum().item(), (y_true == k).sum().item()
+        pairs.append((tp / predicted if predicted else 0.0, tp / actual if actual else 0.0))
+    return pairs
+
+
+def _macro_recall(y_true, y_pred, num_classes):
+    return sum(r for _, r in _per_class_precision_recall(y_true, y_pred, num_classes)) / num_classes
+
+
+def _macro_precision(y_true, y_pred, num_classes):
+    return sum(p for p, _ in _per_class_precision_recall(y_true, y_pred, num_classes)) / num_classes
+
+
+def _mean_of_precision_and_recall(y_true, y_pred, num_classes):
+    pairs = _per_class_precision_recall(y_true, y_pred, num_classes)
+    return sum((p + r) / 2 for p, r in pairs) / num_classes
+
+
+def test_macro_f1_built_from_precision_and_recall_is_not_blamed_on_a_harmonic_mean_it_did_not_take():
+    # On the chapter's example the macro precision equals the macro recall: the message says so
+    # rather than naming one of the four answers that give that number.
+    for answer in (_macro_recall, _macro_precision, _mean_of_precision_and_recall):
+        verdict = judge_answer("evaluation.macro_f1", answer)
+        assert verdict.status == FAILED
+        assert verdict.message.startswith("on the chapter's 10 samples of 3 classes, expected 0.57381, got "
+                                          "0.583333. Here the macro precision equals the macro recall"), \
+            verdict.message
+    # Where they differ (class 2 is never predicted), each is named.
+    (y_true, y_pred, k), = [c.args for c in exercises._evaluation_label_cases()[2:3]]
+    want = exercises._evaluation_true_macro_f1(y_true, y_pred, k)
+    for answer, phrase in [(_macro_recall, "That is the macro recall"),
+                           (_macro_precision, "That is the macro precision"),
+                           (_mean_of_precision_and_recall, "That is the plain mean of precision and recall")]:
+        explanation = exercises._evaluation_macro_f1_mistake(answer(y_true, y_pred, k), want, y_true, y_pred, k)
+        assert explanation.startswith(phrase), (answer.__name__, explanation)
+
+
+def _early_stopping(stop_when, reset=True):
+    def early_stopping_epoch(val_losses, patience):
+        best, best_epoch, waited = float("inf"), 0, 0
+        for epoch, loss in enumerate(val_losses, start=1):
+            if loss < best:
+                best, best_epoch, waited = loss, epoch, 0 if reset else waited
+            else:
+                waited += 1
+                if stop_when(waited, patience):
+                    break
+        return best_epoch
+    return early_stopping_epoch
+
+
+@pytest.mark.parametrize("answer, phrase", [
+    (_early_stopping(lambda waited, patience: waited > patience), "stopping one epoch late"),
+    (_early_stopping(lambda waited, patience: waited >= patience - 1), "stopping one epoch early"),
+    (_early_stopping(lambda waited, patience: waited == patience, reset=False),
+     "must start again from 0 at every improvement"),
+])
+def test_early_stopping_one_epoch_late_or_early_or_never_reset_is_named(answer, phrase):
+    verdict = judge_answer("evaluation.early_stopping_epoch", answer)
+    assert verdict.status == FAILED and phrase in verdict.message, verdict.message
+
+
+def test_nesterov_with_the_buffer_from_before_the_update_is_not_told_nesterov_was_ignored_alone():
+    def nesterov_with_the_old_buffer(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
+        old = torch.zeros_like(grad) if buffer is None else buffer
+        buffer = grad.clone() if buffer is None else momentum * buffer + (1 - dampening) * grad
+        return param - lr * (grad + momentum * old if nesterov else buffer), buffer
+
+    verdict = judge_answer("optimizers.momentum_step", nesterov_with_the_old_buffer)
+    assert verdict.status == FAILED
+    assert "or uses the buffer from before this step's update" in verdict.message, verdict.message
+
+
+def test_compare_names_where_a_large_tensor_differs_most_and_where_it_holds_an_inf():
+    expected, got = torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)
+    got[0, 0, 0], got[1, 0, 2] = 1.0, -5.0
+    with pytest.raises(exercises._Mismatch) as err:
+        compare(got, expected)
+    assert str(err.value) == ("the answer, a tensor of shape (2, 3, 4), differs most at [1, 0, 2]: "
+                              "expected 0, got -5"), str(err.value)
+    with pytest.raises(exercises._Mismatch) as err:
+        compare(got.double(), expected)
+    assert str(err.value).endswith("got -5 (its dtype is torch.float64, expected torch.float32)")
+    got[1, 2, 3] = -float("inf")
+    with pytest.raises(exercises._Mismatch) as err:
+        compare(got, expected)
+    assert str(err.value) == ("the answer contains -inf where finite values were expected, first at "
+                              "[1, 2, 3] (expected 0 there): a tensor of shape (2, 3, 4) and dtype torch.float32")
+    with pytest.raises(exercises._Mismatch) as err:  # where the tensor is shown, the inf is seen
+        compare(torch.tensor([float("inf"), 1.0]), torch.ones(2))
+    assert "got tensor([inf, 1.0]) of shape (2,) (largest difference" in str(err.value)
+
+
+def test_the_right_value_returned_as_a_python_number_is_told_to_return_the_tensor():
+    verdict = judge_answer("losses.mean_squared_error", lambda p, t: ((p - t) ** 2).mean().item())
+    assert verdict.status == FAILED
+    assert verdict.message.endswith("expected a tensor, got float 0.375: the value is right, but return it "
+                                    "as a tensor (leave out .item() or float())"), verdict.message
+    with pytest.raises(exercises._Mismatch) as err:  # a wrong value is not told it is right
+        compare(0.5, torch.tensor(0.375))
+    assert str(err.value) == "expected a tensor, got float 0.5"
+
+
+def test_cross_entropy_of_probabilities_is_told_to_take_the_logits():
+    def softmax_first(logits, targets, ignore_index=-100):
+        kept = targets != ignore_index
+        log_p = torch.log_softmax(torch.softmax(logits[kept], dim=-1), dim=-1)
+        return -log_p[torch.arange(len(log_p)), targets[kept]].mean()
+
+    verdict = judge_answer("losses.cross_entropy", softmax_first)
+    assert verdict.status == FAILED and "cross-entropy takes the logits themselves" in verdict.message
+
+
+@pytest.mark.parametrize("answer, phrase", [
+    (lambda X, t, w, b: (X.T @ (torch.sigmoid(X @ w + b) - t), (torch.sigmoid(X @ w + b) - t).sum()),
+     "Those are the gradients of the sum of the losses"),
+    (lambda X, t, w, b: (X.T @ (t - torch.sigmoid(X @ w + b)) / len(t), (t - torch.sigmoid(X @ w + b)).mean()),
+     "The sign is flipped"),
+    (lambda X, t, w, b: (lambda e: (X.T @ e / len(t), e.mean()))(
+        (torch.sigmoid(X @ w + b) - t) * torch.sigmoid(X @ w + b) * (1 - torch.sigmoid(X @ w + b))),
+     "one factor sigmoid'(z_i) = p_i (1 - p_i) too many"),
+    (lambda X, t, w, b: (X.T @ (torch.sigmoid(X @ w) - t) / len(t), (torch.sigmoid(X @ w) - t).mean()),
+     "The bias b is left out of the logits"),
+])
+def test_logistic_grad_names_the_usual_slips(answer, phrase):
+    verdict = judge_answer("autograd.logistic_grad", answer)
+    assert verdict.status == FAILED
+    assert verdict.message.startswith("on 4 points in 2 dimensions, item 0: expected tensor(")
+    assert phrase in verdict.message, verdict.message
+
+
+def _mean_loss_that_switches_gradients_off_for_good(model, loader, loss_fn):
+    model.eval()
+    torch.set_grad_enabled(False)  # never switched back on
+    total = sum(loss_fn(model(x), y).item() * len(y) for x, y in loader)
+    model.train()
+    return total / len(loader.dataset)
+
+
+def test_a_mean_loss_that_leaves_gradients_switched_off_fails_and_the_notebooks_state_is_kept():
+    verdict = judge_answer("training.mean_loss", _mean_loss_that_switches_gradients_off_for_good)
+    assert verdict.status == FAILED
+    assert "gradients were still switched off after the function returned" in verdict.message
+    assert torch.is_grad_enabled()  # the check gives the notebook its own setting back
+
+
+def test_the_log_softmax_overflow_advice_names_the_idea_not_the_formula():
+    verdict = judge_answer("losses.log_softmax",
+                           lambda z: z - torch.log(torch.exp(z).sum(dim=-1, keepdim=True)))
+    assert verdict.status == FAILED
+    assert "shift each row by its maximum first" in verdict.message
+    assert "log(sum(exp(z - m)))" not in verdict.message
+
+
+@pytest.mark.parametrize("name, answer, phrase", [
+    ("training.conv_output_size", lambda size, k, stride=1, padding=0, dilation=1:
+     (size - dilation * (k - 1) - 1) // stride + 1, "That leaves the padding out"),
+    ("training.conv_output_size", lambda size, k, stride=1, padding=0, dilation=1:
+     (size + padding - dilation * (k - 1) - 1) // stride + 1, "That pads one side only"),
+    ("training.conv_output_size", lambda size, k, stride=1, padding=0, dilation=1:
+     (size + 2 * padding - dilation * (k - 1) - 1) // stride, "That is one position short"),
+    ("data.batches_per_epoch", lambda n, b, drop_last=False: n // b if drop_last else n // b + 1,
+     "That counts one batch too many when the samples fill the batches exactly"),
+    ("losses.bce_with_logits", lambda z, y: torch.nn.functional.binary_cross_entropy_with_logits(
+        z, y, reduction="none"), "expected shape (), got shape (3,). The loss is one number"),
+    ("data.tensor_mean_std", lambda images: torch.std_mean(images.float() / 255, dim=(0, 2, 3), correction=0),
+     "Those are the std and the mean, in that order"),
+    ("training.mean_loss", lambda model, loader, loss_fn: _mean_loss_by_sums(model, loader, loss_fn)
+     * len(loader.dataset) / len(loader), "divides the sum of the losses by the number of batches"),
+])
+def test_cheap_usual_slips_are_named(name, answer, phrase):
+    verdict = judge_answer(name, answer)
+    assert verdict.status == FAILED and phrase in verdict.message, verdict.message
