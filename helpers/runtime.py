@@ -83,17 +83,29 @@ def device_name(device: torch.device | str) -> str:
     return device.type
 
 
-def describe_run(device: torch.device | str | None = None, smaller_without_gpu: str = "") -> str:
-    """One line saying where and how this notebook runs, for the top of a chapter that trains.
+def describe_run(device: torch.device | str | None = None, smaller_without_gpu: str = "",
+                 trains: bool = True) -> str:
+    """One line saying where and how this notebook runs, for the top of a chapter that uses data.
 
-    On a CPU it says that training will be slow; in quick mode, that the numbers are not the book's.
+    On a CPU in a full run it says that training will be slow, and how to get a GPU in Colab or
+    a small run (quick mode) instead; ``trains=False`` is for a chapter that trains nothing, which
+    a CPU runs in full. In quick mode it says that the numbers are not the book's.
     ``smaller_without_gpu`` says what a chapter makes smaller without a CUDA GPU (``"3 epochs,
     not the article's 10"``), so that such a run is not called full.
     """
     device = torch.device(device) if device is not None else pick_device()
     line = f"Running on {device_name(device)}"
-    if device.type == "cpu":
-        line += " (no GPU found: this chapter runs, but slowly; in Colab choose Runtime > Change runtime type > GPU)"
+    if device.type == "cpu" and quick_mode():
+        line += " (no GPU found)"
+    elif device.type == "cpu" and not trains:
+        line += " (no GPU found: this chapter trains nothing, so a CPU is enough)"
+    elif device.type == "cpu":
+        # Changing Colab's runtime starts a new machine: the installed helpers and every variable
+        # are gone, so the reader must start again from the install cell.
+        line += (" (no GPU found: this chapter runs, but slowly. In Colab choose Runtime > Change "
+                 "runtime type > GPU, which restarts the notebook: then run it again from its first "
+                 "cell. Or, for a small version that runs in a few minutes, run %env COURSE_QUICK=1 "
+                 "and then the notebook from its first cell)")
     if quick_mode():
         line += ". Quick mode: small data and short training, so the numbers differ from the book's."
     elif device.type != "cuda" and smaller_without_gpu:

@@ -66,7 +66,7 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
-            raise ValueError(f"SmallCNN expects a batch of images of shape (N, 3, 32, 32), got "
+            raise ValueError(f"SmallCNN takes images of shape (N, 3, 32, 32), got "
                              f"{tuple(x.shape)}" + (": add a batch dimension with x.unsqueeze(0)"
                                                     if tuple(x.shape) == (3, 32, 32) else ""))
         x = self.pool(F.relu(self.conv1(x)))  # (N, 6, 14, 14)

@@ -89,10 +89,16 @@ def test_run_facts_name_the_data_sources(monkeypatch):
 def test_describe_run_warns_on_a_cpu_and_in_quick_mode(monkeypatch):
     monkeypatch.setenv(runtime.QUICK_ENV, "1")
     line = runtime.describe_run("cpu")
-    assert line.startswith("Running on cpu (no GPU found: this chapter runs, but slowly")
-    assert line.endswith("so the numbers differ from the book's.")
+    assert line == ("Running on cpu (no GPU found). Quick mode: small data and short training, so the "
+                    "numbers differ from the book's.")
     monkeypatch.setenv(runtime.QUICK_ENV, "0")
-    assert runtime.describe_run("cpu").endswith(". Full run.")
+    line = runtime.describe_run("cpu")
+    assert line.startswith("Running on cpu (no GPU found: this chapter runs, but slowly. In Colab choose "
+                           "Runtime > Change runtime type > GPU, which restarts the notebook: then run it "
+                           "again from its first cell.")
+    assert "run %env COURSE_QUICK=1 and then the notebook from its first cell). Full run." in line
+    assert runtime.describe_run("cpu", trains=False) == (
+        "Running on cpu (no GPU found: this chapter trains nothing, so a CPU is enough). Full run.")
     # A chapter that trains less without a GPU says so, instead of "Full run."
     assert runtime.describe_run("cpu", smaller_without_gpu="3 epochs, not 10").endswith(
         ". A smaller run than the full one, which needs an NVIDIA GPU: 3 epochs, not 10.")

@@ -64,7 +64,7 @@ def test_small_cnn_shapes_and_parameter_count():
 @pytest.mark.parametrize("shape, message", [((3, 32, 32), "add a batch dimension"),
                                             ((2, 1, 28, 28), r"got \(2, 1, 28, 28\)")])
 def test_small_cnn_says_what_input_it_wants(shape, message):
-    with pytest.raises(ValueError, match=r"expects a batch of images of shape \(N, 3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"takes images of shape \(N, 3, 32, 32\)"):
         SmallCNN()(torch.zeros(shape))
     with pytest.raises(ValueError, match=message):
         SmallCNN()(torch.zeros(shape))
