@@ -178,6 +178,19 @@ def _index_of(tensor: torch.Tensor, flat: int) -> list[int]:
     return index[::-1]
 
 
+class _Parts(tuple):
+    """An expected tuple whose items have names, which a mismatch names: ("mean", "std")."""
+
+    names: tuple[str, ...] = ()
+
+
+def _parts(names: tuple[str, ...], values) -> _Parts:
+    """``values`` as a tuple whose items a mismatch calls by ``names``."""
+    result = _Parts(values)
+    result.names = names
+    return result
+
+
 def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> None:
     """Return if ``got`` agrees with ``expected``; otherwise raise an exception whose message says
     how they differ (type, shape, NaN, the largest difference), which the verdict shows. A judge
@@ -230,14 +243,17 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
             raise _Mismatch(f"expected {expected:.6g}, got {got:.6g}")
         return
     if isinstance(expected, (tuple, list)):
+        names = getattr(expected, "names", ())
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
-            raise _Mismatch(f"expected a {type(expected).__name__} of {len(expected)} items, "
-                            f"got {_describe(got)}")
+            kind = "list" if isinstance(expected, list) else "tuple"
+            listed = f" ({', '.join(names)})" if names else ""
+            raise _Mismatch(f"expected a {kind} of {len(expected)} items{listed}, got {_describe(got)}")
         for i, (g, e) in enumerate(zip(got, expected)):
             try:
                 compare(g, e, atol, rtol)
             except _Mismatch as err:
-                raise _Mismatch(f"item {i}: {err}") from None
+                item = f"item {i} ({names[i]})" if names else f"item {i}"
+                raise _Mismatch(f"{item}: {err}") from None
         return
     if isinstance(expected, int) and not isinstance(expected, bool):
         # A NumPy integer or a 0-d integer tensor is an integer too; a bool or a float is not.
@@ -1073,7 +1089,8 @@ _ADAM_SLIPS = [
 ]
 
 
-def _optimizer_judge(cases: Callable[[], list[Case]], step: Callable, slips, atol=1e-9, rtol=1e-7):
+def _optimizer_judge(cases: Callable[[], list[Case]], step: Callable, slips, parts: tuple[str, ...],
+                     atol=1e-9, rtol=1e-7):
     """A judge of one optimizer step against ``step`` (PyTorch's); a wrong result is compared with
     each of the usual ``slips`` (the same step written with one mistake), and a match is named."""
     def explain(got, want, *args, **kwargs) -> str:
@@ -1084,7 +1101,7 @@ def _optimizer_judge(cases: Callable[[], list[Case]], step: Callable, slips, ato
                 continue
             return explanation
         return ""
-    return judge_cases(cases, lambda *args, **kwargs: tuple(step(*args, **kwargs)), explain,
+    return judge_cases(cases, lambda *args, **kwargs: _parts(parts, step(*args, **kwargs)), explain,
                        atol=atol, rtol=rtol)
 
 
@@ -1097,7 +1114,8 @@ register(Exercise(
     hint="one pass of the loop of adam_by_hand (section \"Adam, with bias correction\"), from the "
          "averages given; torch.optim.Adam's weight_decay is the L2 penalty of the section on "
          "weight decay, not AdamW's decay.",
-    judge=_optimizer_judge(_adam_cases, _torch_adam_step, _ADAM_SLIPS),
+    judge=_optimizer_judge(_adam_cases, _torch_adam_step, _ADAM_SLIPS,
+                           ("the new param", "exp_avg", "exp_avg_sq")),
 ))
 
 
@@ -1175,7 +1193,8 @@ register(Exercise(
     hint="PyTorch's form of the section \"Momentum: PyTorch's form and the textbook form\" (its "
          "first step and dampening are described at the end of that section), and PyTorch's "
          "form of \"Nesterov momentum\".",
-    judge=_optimizer_judge(_momentum_cases, _torch_momentum_step, _MOMENTUM_SLIPS),
+    judge=_optimizer_judge(_momentum_cases, _torch_momentum_step, _MOMENTUM_SLIPS,
+                           ("the new param", "the new buffer")),
 ))
 
 
@@ -1262,7 +1281,7 @@ def _data_hidden_images(generator: torch.Generator) -> list[Case]:
 def _data_true_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from helpers.fast import channel_stats  # the same statistics, on one uint8 tensor
 
-    return channel_stats(images)
+    return _parts(("mean", "std"), channel_stats(images))
 
 
 def _data_stats_mistake(got: Any, want: Any, images: torch.Tensor) -> str:
@@ -1752,7 +1771,7 @@ def _logistic_grad_by_autograd(X, t, w, b):
 
     w, b = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
     loss = F.binary_cross_entropy_with_logits(X @ w + b, t)  # the mean over the points
-    return torch.autograd.grad(loss, (w, b))
+    return _parts(("the gradient of w", "the gradient of b"), torch.autograd.grad(loss, (w, b)))
 
 
 def _logistic_slip(sum_not_mean=False, sign=1.0, extra_sigmoid_slope=False, without_b=False):

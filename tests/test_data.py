@@ -482,14 +482,14 @@ def test_tensor_mean_std_exercise_names_the_usual_mistakes():
         return x.mean(dim=(0, 2, 3)), x.std(dim=(2, 3), correction=0).mean(0)
 
     assert judge_answer("data.tensor_mean_std", right).status == PASSED
-    for wrong, message in [(forgot_255, "item 0: expected .* raw 0-255 values: divide by 255"),
-                           (sample_std, "item 1: expected .*Bessel's correction"),
-                           (per_image_std, "item 1: expected .* average of each image's own std")]:
+    for wrong, message in [(forgot_255, "item 0 \\(mean\\): expected .* raw 0-255 values: divide by 255"),
+                           (sample_std, "item 1 \\(std\\): expected .*Bessel\'s correction"),
+                           (per_image_std, "item 1 \\(std\\): expected .* average of each image\'s own std")]:
         verdict = judge_answer("data.tensor_mean_std", wrong)
         assert verdict.status == FAILED
         assert re.search(message, verdict.message), verdict.message
     verdict = judge_answer("data.tensor_mean_std", lambda images: images.float().mean())
-    assert "expected a tuple of 2 items, got tensor" in verdict.message
+    assert "expected a tuple of 2 items (mean, std), got tensor" in verdict.message
 
 
 def test_batches_per_epoch_exercise_catches_forgetting_drop_last():

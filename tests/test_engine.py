@@ -569,11 +569,11 @@ def test_logistic_grad_must_be_computed_without_autograd():
 
 @pytest.mark.parametrize("answer, message", [
     (lambda X, t, w, b: (X.T @ (torch.sigmoid(X @ w + b) - t), (torch.sigmoid(X @ w + b) - t).sum()),
-     "on 4 points in 2 dimensions, item 0: expected tensor("),  # the sum, not the mean
+     "on 4 points in 2 dimensions, item 0 (the gradient of w): expected tensor("),  # the sum, not the mean
     (lambda X, t, w, b: (X.T @ (t - torch.sigmoid(X @ w + b)) / len(t), (t - torch.sigmoid(X @ w + b)).mean()),
-     "on 4 points in 2 dimensions, item 0: expected tensor("),  # the sign flipped
+     "on 4 points in 2 dimensions, item 0 (the gradient of w): expected tensor("),  # the sign flipped
     (lambda X, t, w, b: (X.T @ (torch.sigmoid(X @ w + b) - t) / len(t), (torch.sigmoid(X @ w + b) - t).mean()[None]),
-     "on 4 points in 2 dimensions, item 1: expected shape (), got shape (1,)"),
+     "on 4 points in 2 dimensions, item 1 (the gradient of b): expected shape (), got shape (1,)"),
 ])
 def test_logistic_grad_wrong_answers_are_told_what_is_wrong(answer, message):
     verdict = judge_answer("autograd.logistic_grad", answer)

@@ -719,7 +719,7 @@ def test_an_answer_that_changes_its_tensor_inputs_in_place_is_still_told_its_mis
 
     verdict = judge_answer("optimizers.adam_step", adam_in_place)
     assert verdict.status == FAILED
-    assert verdict.message.startswith("on the first step (step=1, averages at zero), item 0:")
+    assert verdict.message.startswith("on the first step (step=1, averages at zero), item 0 (the new param):")
     assert "The update matches Adam WITHOUT bias correction" in verdict.message
 
 
@@ -1338,7 +1338,7 @@ def test_cross_entropy_of_probabilities_is_told_to_take_the_logits():
 def test_logistic_grad_names_the_usual_slips(answer, phrase):
     verdict = judge_answer("autograd.logistic_grad", answer)
     assert verdict.status == FAILED
-    assert verdict.message.startswith("on 4 points in 2 dimensions, item 0: expected tensor(")
+    assert verdict.message.startswith("on 4 points in 2 dimensions, item 0 (the gradient of w): expected tensor(")
     assert phrase in verdict.message, verdict.message
 
 
@@ -1384,3 +1384,14 @@ def test_the_log_softmax_overflow_advice_names_the_idea_not_the_formula():
 def test_cheap_usual_slips_are_named(name, answer, phrase):
     verdict = judge_answer(name, answer)
     assert verdict.status == FAILED and phrase in verdict.message, verdict.message
+
+
+def test_compare_names_the_items_of_a_result_whose_parts_have_names():
+    expected = exercises._parts(("mean", "std"), (torch.ones(1), torch.zeros(1)))
+    with pytest.raises(exercises._Mismatch) as err:
+        compare((torch.ones(1), torch.ones(1)), expected)
+    assert str(err.value) == ("item 1 (std): expected tensor([0.0]) of shape (1,), got tensor([1.0]) of "
+                              "shape (1,) (largest difference 1)")
+    with pytest.raises(exercises._Mismatch) as err:
+        compare(torch.ones(1), expected)
+    assert str(err.value).startswith("expected a tuple of 2 items (mean, std), got tensor([1.0])")

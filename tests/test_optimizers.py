@@ -393,7 +393,7 @@ def article_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.
 def test_adam_exercise_names_the_missing_bias_correction():
     verdict = judge_answer("optimizers.adam_step", article_adam_step)
     assert verdict.status == FAILED
-    assert verdict.message.startswith("on the first step (step=1, averages at zero), item 0: expected tensor(")
+    assert verdict.message.startswith("on the first step (step=1, averages at zero), item 0 (the new param): expected tensor(")
     assert verdict.message.endswith(". The update matches Adam WITHOUT bias correction (the article's formula): "
                                     "divide m by 1 - beta1**step and v by 1 - beta2**step before the update.")
 
@@ -428,7 +428,7 @@ def test_adam_exercise_names_decoupled_decay_where_adam_has_an_l2_penalty():
 
     verdict = judge_answer("optimizers.adam_step", adamw_step)
     assert verdict.status == FAILED
-    assert verdict.message.startswith("on step=3, lr=0.1, weight_decay=0.5, item 0: expected tensor(")
+    assert verdict.message.startswith("on step=3, lr=0.1, weight_decay=0.5, item 0 (the new param): expected tensor(")
     assert verdict.message.endswith(". That is AdamW's decoupled decay: torch.optim.Adam's weight_decay is an "
                                     "L2 penalty, added to the gradient (grad + weight_decay * param) before "
                                     "the averages.")
@@ -440,7 +440,8 @@ def test_adam_exercise_reports_a_crash_and_a_wrong_return():
 
     verdict = judge_answer("optimizers.adam_step", forgets_the_averages)
     assert verdict.status == FAILED
-    assert verdict.message.startswith("on the first step (step=1, averages at zero), expected a tuple of 3 items, "
+    assert verdict.message.startswith("on the first step (step=1, averages at zero), expected a tuple of 3 items "
+                                      "(the new param, exp_avg, exp_avg_sq), "
                                       "got tensor(")
 
 
@@ -454,10 +455,10 @@ def test_momentum_exercise_recognises_the_textbook_form_and_early_dampening():
         return param - lr * (grad + momentum * b if nesterov else b), b
 
     message = judge_answer("optimizers.momentum_step", textbook).message
-    assert message.startswith("on the first step (buffer=None), lr=0.1, momentum=0.9, item 1: expected tensor(")
+    assert message.startswith("on the first step (buffer=None), lr=0.1, momentum=0.9, item 1 (the new buffer): expected tensor(")
     assert ". The answer is the textbook form" in message
     message = judge_answer("optimizers.momentum_step", damped_at_once).message
-    assert message.startswith("on the first step with dampening=0.5, item 0: expected tensor(")
+    assert message.startswith("on the first step with dampening=0.5, item 0 (the new param): expected tensor(")
     assert message.endswith(". The first step dampens the gradient; PyTorch starts the buffer at the gradient "
                             "itself, b <- g, and dampens only later steps.")
 
@@ -481,7 +482,7 @@ def test_momentum_exercise_recognises_a_forgotten_nesterov_and_a_crash_on_the_fi
 
     assert "nesterov=True is ignored" in judge_answer("optimizers.momentum_step", no_nesterov).message
     message = judge_answer("optimizers.momentum_step", nesterov_only_later).message
-    assert message.startswith("on the first step with nesterov=True, item 0: expected tensor(")
+    assert message.startswith("on the first step with nesterov=True, item 0 (the new param): expected tensor(")
     assert message.endswith("The first step ignores nesterov=True: with Nesterov it too moves by "
                             "lr * (g + momentum * b), with b = g, that is by lr * (1 + momentum) * g.")
     message = judge_answer("optimizers.momentum_step", crashes_on_none).message
