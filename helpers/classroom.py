@@ -408,7 +408,9 @@ def grade_notebook(path: Path, timeout: float, quick: bool = True, executed: Pat
     def where(i: int) -> str:  # a cell, as the outcome names it
         return f"cell {i + 1}" if i < len(learner_cells) else f"the grader's check of {graders[i]}"
 
-    with tempfile.TemporaryDirectory(prefix="grading-") as workdir:
+    # On Windows a kernel that has not quite exited still holds its folder: a failed clean-up of a
+    # temporary folder must not stop the grading.
+    with tempfile.TemporaryDirectory(prefix="grading-", ignore_cleanup_errors=True) as workdir:
         log = Path(workdir) / "verdicts.jsonl"
         env = dict(os.environ, **{GRADING_LOG_ENV: str(log)})
         env.pop(QUICK_ENV, None)
@@ -574,7 +576,8 @@ def grade(folder: Path, report: Path, timeout: float = DEFAULT_TIMEOUT, quick: b
             raise CannotGrade(f"could not replace {report / part} of the earlier grading ({error}): delete "
                               f"it, or give --report another folder") from None
         (report / part / _WRITTEN_HERE).write_text("Written by python -m helpers.classroom grade, which "
-                                                   "replaces this folder when it grades again.\n")
+                                                   "replaces this folder when it grades again.\n",
+                                                   encoding="utf-8")
     skipped = not_graded(folder, report)
     for line in skipped:
         progress(f"not graded: {line}")
@@ -696,7 +699,7 @@ def _chapter_title(path: Path) -> str:
 def _toc_order(root: Path) -> list[str]:
     import yaml  # a maintainer's dependency
 
-    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    toc = yaml.safe_load((root / "_toc.yml").read_text(encoding="utf-8"))
     return [Path(c["file"]).name for part in toc.get("parts", []) for c in part["chapters"]]
 
 
@@ -807,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         return 0
     guide = root / GUIDE
-    guide.write_text(guide_with_table(guide.read_text(), text))
+    guide.write_text(guide_with_table(guide.read_text(encoding="utf-8"), text), encoding="utf-8")
     print(f"Wrote the table of {len(EXERCISES)} exercises into {guide}")
     return 0
 

@@ -42,7 +42,7 @@ def repository_url(root: Path) -> str:
     config_path = root / "_config.yml"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} does not exist: run this from the course's root folder")
-    url = (yaml.safe_load(config_path.read_text()).get("repository") or {}).get("url")
+    url = (yaml.safe_load(config_path.read_text(encoding="utf-8")).get("repository") or {}).get("url")
     if not url:
         raise ValueError(f"{config_path} has no repository.url: set it to the course repository's address")
     return url.rstrip("/")

@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info, random_split
 from torchvision.transforms import v2
 
 from helpers import runtime
@@ -223,9 +223,14 @@ def _torchvision_splits(root: Path) -> tuple[Dataset, Dataset]:
     try:
         return CIFAR10(str(root), train=True, download=True), CIFAR10(str(root), train=False, download=True)
     except (OSError, RuntimeError) as error:  # URLError is an OSError
+        certificates = ""
+        if "CERTIFICATE_VERIFY_FAILED" in str(error):  # the internet is there; Python's certificates are not
+            certificates = ("Python has no certificates to check the download with: with python.org's "
+                            "Python on a Mac, run \"Install Certificates.command\" in its folder under "
+                            "/Applications, then try again. ")
         raise DataSourceError(
             f"CIFAR-10 could not be downloaded into {root} ({type(error).__name__}: {error}). "
-            f"Provide it in one of three ways: (1) run where the internet is reachable (torchvision "
+            f"{certificates}Provide it in one of three ways: (1) run where the internet is reachable (torchvision "
             f"downloads 170 MB once); (2) put a copy as an image-folder tree, train/<class>/*.png and "
             f"test/<class>/*.png, on this machine and set the environment variable {JPEG_DIR_ENV} to "
             f"that folder (or pass image_folder=...); (3) for a small generated stand-in instead of "
@@ -341,6 +346,45 @@ def split_train_validation(dataset: Dataset, validation_size: int, seed: int = 0
     train, validation = random_split(dataset, [n - validation_size, validation_size],
                                      generator=torch.Generator().manual_seed(seed))
     return train, validation
+
+
+# The chapter's two datasets for watching worker processes. They live in this module, not in a
+# notebook cell, because a DataLoader worker on macOS or Windows is a fresh Python process
+# (started with "spawn"): it can import a class from a module, but it cannot find one that a
+# notebook cell defined.
+
+
+class WhoLoadedMe(Dataset):
+    """Example i is (i, the id of the worker process that loaded it), with
+    id -1 for the main process."""
+
+    def __init__(self, n: int = 12):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        info = get_worker_info()  # None in the main process
+        return i, -1 if info is None else info.id
+
+
+class WorkerSeed(Dataset):
+    """Example i is (worker id, the seed the loader gave that worker, its torch generator's
+    seed); only for a loader with workers."""
+
+    def __init__(self, n: int = 4):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[int, int, int]:
+        info = get_worker_info()
+        if info is None:
+            raise RuntimeError("WorkerSeed reports a worker's seed: use it in a DataLoader with "
+                               "num_workers=1 or more")
+        return info.id, info.seed, torch.initial_seed()
 
 
 def available_cpus() -> int:

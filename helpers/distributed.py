@@ -413,10 +413,14 @@ def quiet_environment(threads_per_process: int = 1) -> dict[str, str]:
     """The environment for a torchrun launched from here, with ``OMP_NUM_THREADS`` set.
 
     torchrun sets it to 1 itself when it starts several processes, and prints a warning saying
-    so; setting it ourselves says the same thing without the warning.
+    so; setting it ourselves says the same thing without the warning. On Windows it also sets
+    ``USE_LIBUV=0``: PyTorch's Windows builds lack libuv, which torchrun's rendezvous asks for by
+    default.
     """
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads_per_process)
+    if sys.platform == "win32":
+        env.setdefault("USE_LIBUV", "0")
     return env
 
 

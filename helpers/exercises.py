@@ -222,6 +222,8 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
                             f"first at {first} (expected {there:.6g} there): {_describe(got)}")
         if not torch.allclose(got_f, exp_f, atol=atol, rtol=rtol, equal_nan=True):
             differences = (got_f - exp_f).abs().nan_to_num(nan=math.inf)
+            # Places that agree (NaN against NaN, the same inf included) are not where they differ.
+            differences[torch.isclose(got_f, exp_f, rtol=rtol, atol=atol, equal_nan=True)] = 0
             if large:  # its values are not shown: show the two where they differ most
                 at = _index_of(differences, int(differences.flatten().argmax()))
                 dtypes = ("" if got.dtype == expected.dtype
@@ -1442,8 +1444,8 @@ def _training_conv_mistake(got: Any, want: int, size: int, kernel_size: int, str
     if padding > 0 and got == (size + padding - span) // stride + 1:
         return "That pads one side only: the padding is added on both sides of the input"
     if got == (size + 2 * padding - span) // stride:
-        return ("That is one position short: count the kernel's first position, then one more "
-                "per stride (the + 1)")
+        return ("That is one position short: the kernel's first position counts too (the + 1), "
+                "then one more per stride that still fits")
     return ""
 
 

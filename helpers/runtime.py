@@ -47,7 +47,7 @@ def pick(full, quick):
 _MISSING_DEVICE_REMEDY = {
     "cuda": ("in Colab, choose Runtime > Change runtime type > GPU; elsewhere, on a machine with an "
              "NVIDIA GPU, install a CUDA build of PyTorch (see pytorch.org), or pass 'cpu'"),
-    "mps": "it needs a Mac with Apple silicon and macOS 12.3 or later; elsewhere, pass 'cpu'",
+    "mps": "it needs a Mac with Apple silicon and a recent macOS; elsewhere, pass 'cpu'",
 }
 
 

@@ -458,9 +458,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         with contextlib.suppress(OSError):  # its folder may not even exist: the error below says why
             temporary.unlink(missing_ok=True)
         if isinstance(error, OSError):  # a full disk, a read-only folder, a folder named like the file
+            if isinstance(error, PermissionError):
+                advice = ("make the folder writable, or close the program that has the file open "
+                          "(Windows cannot replace a file open elsewhere), or choose another "
+                          "checkpoint_path")
+            elif isinstance(error, (FileExistsError, NotADirectoryError, IsADirectoryError)):
+                advice = "choose another checkpoint_path"
+            else:
+                advice = "free some space, or choose another checkpoint_path"
             raise CheckpointError(f"could not write the checkpoint {path} ({type(error).__name__}: "
                                   f"{error.strerror or error}); the previous checkpoint there, if any, is "
-                                  f"unchanged: free some space, or choose another checkpoint_path") from error
+                                  f"unchanged: {advice}") from error
         raise
 
 

@@ -13,7 +13,7 @@ import torchvision.datasets.cifar as tv_cifar
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from torch.utils.data import RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from helpers import data, runtime
 from helpers.data import (CLASSES, DataSourceError, StandInCIFAR10, WithTransform, channel_mean_std,
@@ -267,6 +267,20 @@ def test_full_mode_without_network_or_folder_says_how_to_provide_the_data(tmp_pa
                    "COURSE_QUICK=1"):
         assert needed in message
     assert runtime.run_facts()["data_source"] == "none"
+    assert "certificates" not in message
+
+
+def test_a_download_refused_for_want_of_certificates_says_how_to_install_them(tmp_path, monkeypatch,
+                                                                             full_mode):
+    def no_certificates(*args, **kwargs):
+        raise URLError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local "
+                       "issuer certificate (_ssl.c:1000)")
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", no_certificates)
+    with pytest.raises(DataSourceError) as error:
+        load_cifar10(root=tmp_path)
+    assert "Install Certificates.command" in str(error.value)
+    assert "CIFAR10_JPEG_DIR" in str(error.value)  # the other ways stay on offer
 
 
 # --- The stand-in -------------------------------------------------------------------------------------------
@@ -584,3 +598,16 @@ def test_quick_mode_holds_out_500_images_by_default(monkeypatch):
 
 def test_the_stand_in_shuffles_its_classes():
     assert data.StandInCIFAR10(40, seed=0).targets[:10] != list(range(10))
+
+
+def test_the_worker_datasets_load_in_spawned_workers_as_on_macos_and_windows():
+    # A worker started with "spawn" imports what it unpickles: a class from a notebook cell
+    # would fail here, the module's classes load.
+    from helpers.data import WhoLoadedMe, WorkerSeed
+
+    assert [WhoLoadedMe(3)[i] for i in range(3)] == [(0, -1), (1, -1), (2, -1)]
+    with pytest.raises(RuntimeError, match="num_workers=1 or more"):
+        WorkerSeed()[0]
+    loader = DataLoader(WorkerSeed(4), batch_size=1, num_workers=2, multiprocessing_context="spawn")
+    ids, seeds, torch_seeds = (torch.cat(column) for column in zip(*loader))
+    assert sorted(ids.tolist()) == [0, 0, 1, 1] and torch.equal(seeds, torch_seeds)

@@ -10,6 +10,7 @@ import dataclasses
 import re
 import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -509,3 +510,13 @@ def test_the_stand_in_data_follows_the_seed():
     first, again, other = (distributed.training_data(TrainConfig(seed=seed, num_images=8), rank_0)[0].tensors[0]
                            for seed in (0, 0, 1))
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_quiet_environment_turns_libuv_off_on_windows_only(monkeypatch):
+    monkeypatch.delenv("USE_LIBUV", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert "USE_LIBUV" not in quiet_environment() and quiet_environment()["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert quiet_environment()["USE_LIBUV"] == "0"
+    monkeypatch.setenv("USE_LIBUV", "1")  # a reader's own choice is kept
+    assert quiet_environment()["USE_LIBUV"] == "1"

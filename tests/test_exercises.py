@@ -1395,3 +1395,13 @@ def test_compare_names_the_items_of_a_result_whose_parts_have_names():
     with pytest.raises(exercises._Mismatch) as err:
         compare(torch.ones(1), expected)
     assert str(err.value).startswith("expected a tuple of 2 items (mean, std), got tensor([1.0])")
+
+
+def test_compare_does_not_point_at_a_place_where_the_two_agree_on_nan():
+    expected = torch.zeros(3, 3)
+    expected[0, 0] = float("nan")
+    got = expected.clone()
+    got[2, 1] = 0.5
+    with pytest.raises(exercises._Mismatch) as err:
+        compare(got, expected)
+    assert str(err.value) == "the answer, a tensor of shape (3, 3), differs most at [2, 1]: expected 0, got 0.5"
