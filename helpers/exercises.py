@@ -1509,12 +1509,9 @@ def _training_mean_loss_mistake(got: Any, want: float, model, loader, loss_fn) -
                 "full one: weight each batch's mean loss by its size and divide by the number of samples")
     per_batch = want * len(loader.dataset) / len(loader)  # the sum of the losses / the batches
     if isinstance(got, float) and math.isclose(got, per_batch, rel_tol=1e-5):
-        return _TRAINING_PER_BATCH
+        return ("That divides the sum of the losses by the number of batches, len(loader): divide by "
+                "the number of samples")
     return ""
-
-
-_TRAINING_PER_BATCH = ("That divides the sum of the losses by the number of batches, len(loader): "
-                       "divide by the number of samples")
 
 
 def _training_hidden_mean_losses(generator: torch.Generator) -> list[Case]:
@@ -1582,9 +1579,10 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
                 f"means, which gives the last batch of 2 as much weight as the batches of 4. Weight "
                 f"each batch's mean loss by its size and divide by the number of samples")
     if not math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-7):
-        per_batch = math.isclose(got, want * len(inputs) / len(loader), rel_tol=1e-5)
+        # The batch means are named above, with this loader's sizes; the other slips as for any loader.
+        explanation = _training_mean_loss_mistake(got, want, model, loader, loss_fn)
         return f"on {label}, expected {want:.6g}, got {got:.6g}" + (
-            f". {_TRAINING_PER_BATCH}" if per_batch else "")
+            f". {explanation}" if explanation else "")
     return None
 
 

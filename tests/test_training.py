@@ -409,6 +409,22 @@ def test_a_crash_while_saving_keeps_the_last_good_checkpoint(saved, monkeypatch)
     assert load_checkpoint(path, restore_rng=False)["epoch"] == 4
 
 
+def test_a_checkpoint_that_cannot_be_replaced_says_why_and_keeps_the_old_one(saved, monkeypatch):
+    path, model, optimizer = saved
+    good = path.read_bytes()
+
+    def locked(source, target):  # as on Windows, when another program has the file open
+        raise PermissionError(13, "Access is denied")
+
+    monkeypatch.setattr(os, "replace", locked)
+    with pytest.raises(CheckpointError, match=r"\(PermissionError: Access is denied\); the previous checkpoint "
+                                              r"there, if any, is unchanged: make the folder writable, or close "
+                                              r"the program that has the file open"):
+        save_checkpoint(path, model, optimizer, epoch=5)
+    assert path.read_bytes() == good
+    assert not list(path.parent.glob(".*partial"))
+
+
 def _write_zip(path):
     import zipfile
 
@@ -1228,19 +1244,3 @@ def test_to_device_keeps_a_namedtuples_fields():
     Batch = namedtuple("Batch", "images labels")
     moved = to_device(Batch(torch.ones(2, 3), [torch.zeros(2)]), "cpu")
     assert isinstance(moved, Batch) and moved.images.shape == (2, 3) and isinstance(moved.labels, list)
-
-
-def test_a_checkpoint_that_cannot_be_replaced_says_why_and_keeps_the_old_one(saved, monkeypatch):
-    path, model, optimizer = saved
-    good = path.read_bytes()
-
-    def locked(source, target):  # as on Windows, when another program has the file open
-        raise PermissionError(13, "Access is denied")
-
-    monkeypatch.setattr(os, "replace", locked)
-    with pytest.raises(CheckpointError, match=r"\(PermissionError: Access is denied\); the previous checkpoint "
-                                              r"there, if any, is unchanged: make the folder writable, or close "
-                                              r"the program that has the file open"):
-        save_checkpoint(path, model, optimizer, epoch=5)
-    assert path.read_bytes() == good
-    assert not list(path.parent.glob(".*partial"))
