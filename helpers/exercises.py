@@ -853,6 +853,33 @@ def _losses_log_softmax_cases() -> list[Case]:
     ]
 
 
+def _log_softmax_shift(got, logits) -> torch.Tensor | None:
+    """What the answer takes away from each logit, ``logits - got``, where the answer is a finite
+    tensor of the logits' shape; None otherwise."""
+    if not (isinstance(got, torch.Tensor) and got.shape == logits.shape and got.is_floating_point()
+            and torch.isfinite(got).all()):
+        return None
+    return (logits - got).detach()
+
+
+def _log_softmax_one_shift_per_row(shift: torch.Tensor, logits: torch.Tensor) -> bool:
+    spread = shift.amax(dim=-1) - shift.amin(dim=-1)
+    return bool((spread <= 1e-4 * (1 + logits.abs().amax())).all())
+
+
+def _log_softmax_wrong_normaliser(got, want, logits) -> bool:
+    """Each row loses one number, as it should, but not log(sum(exp(row)))."""
+    shift = _log_softmax_shift(got, logits)
+    return shift is not None and _log_softmax_one_shift_per_row(shift, logits)
+
+
+def _log_softmax_reshapes_rows(got, want, logits) -> bool:
+    """The differences between one row's logits do not survive: something changes each logit
+    by its own amount."""
+    shift = _log_softmax_shift(got, logits)
+    return shift is not None and not _log_softmax_one_shift_per_row(shift, logits)
+
+
 register(Exercise(
     name="losses.log_softmax",
     title="Write a log-softmax that does not overflow",
@@ -877,6 +904,15 @@ register(Exercise(
          "with keepdim=True."),
         (_losses_gives(lambda z: torch.softmax(z, dim=-1)),
          "That is the softmax itself: return its logarithm."),
+        (_log_softmax_wrong_normaliser,
+         "The answer takes one number away from each row's logits, as it should, but not the "
+         "row's log-sum-exp: exp of the answer does not sum to 1 along the last dimension. Take "
+         "the maximum m and the sum along the last dimension only (dim=-1, keepdim=True), and "
+         "check that m is taken away once in all."),
+        (_log_softmax_reshapes_rows,
+         "log_softmax(z) is z minus one number per row, so the differences between a row's "
+         "logits stay as they were; in yours they change: subtract only things computed per row "
+         "along the last dimension (dim=-1, keepdim=True), from every logit of that row."),
     ]),
 ))
 
@@ -1034,7 +1070,8 @@ def _torch_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9
 
 
 def _adam_variant(bias_correct_m=True, bias_correct_v=True, eps_inside_sqrt=False,
-                  decoupled_decay=False, ignore_decay=False):
+                  decoupled_decay=False, ignore_decay=False, uphill=False, next_step=False,
+                  keeps_corrected=False):
     """Adam written with one of the usual slips, to recognise it in an answer."""
     def step_(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
               weight_decay=0.0):
@@ -1047,10 +1084,13 @@ def _adam_variant(bias_correct_m=True, bias_correct_v=True, eps_inside_sqrt=Fals
             grad = grad + weight_decay * param
         m = beta1 * exp_avg + (1 - beta1) * grad
         v = beta2 * exp_avg_sq + (1 - beta2) * grad**2
-        m_hat = m / (1 - beta1**step) if bias_correct_m else m
-        v_hat = v / (1 - beta2**step) if bias_correct_v else v
+        t = step + 1 if next_step else step
+        m_hat = m / (1 - beta1**t) if bias_correct_m else m
+        v_hat = v / (1 - beta2**t) if bias_correct_v else v
         denominator = (v_hat + eps).sqrt() if eps_inside_sqrt else v_hat.sqrt() + eps
-        return param - lr * m_hat / denominator, m, v
+        update = lr * m_hat / denominator
+        new_param = param + update if uphill else param - update
+        return (new_param, m_hat, v_hat) if keeps_corrected else (new_param, m, v)
     return step_
 
 
@@ -1088,6 +1128,15 @@ _ADAM_SLIPS = [
     (_adam_variant(ignore_decay=True),
      "weight_decay is ignored: torch.optim.Adam adds weight_decay * param to the gradient "
      "before the averages."),
+    (_adam_variant(uphill=True),
+     "The step goes uphill: it adds lr * m_hat / (sqrt(v_hat) + eps) to the parameter; a "
+     "descent step takes it away."),
+    (_adam_variant(next_step=True),
+     "The bias correction uses step + 1: step is already the number of this update (1 on the "
+     "first), so divide by 1 - beta1**step and 1 - beta2**step."),
+    (_adam_variant(keeps_corrected=True),
+     "The new parameter is right, but the averages returned are the bias-corrected m_hat and "
+     "v_hat: return m and v themselves, which the next step corrects again."),
 ]
 
 

@@ -353,6 +353,38 @@ def test_an_adam_step_that_ignores_weight_decay_is_told_so():
                                     "to the gradient before the averages.")
 
 
+def _adam_written_with(slip):
+    """A learner's adam_step, right but for one ``slip``."""
+    def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                  weight_decay=0.0):
+        beta1, beta2 = betas
+        grad = grad + weight_decay * param
+        m = beta1 * exp_avg + (1 - beta1) * grad
+        v = beta2 * exp_avg_sq + (1 - beta2) * grad**2
+        t = step + 1 if slip == "step + 1" else step
+        m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+        update = lr * m_hat / (v_hat.sqrt() + eps)
+        if slip == "uphill":
+            return param + update, m, v
+        if slip == "corrected state":
+            return param - update, m_hat, v_hat
+        return param - update, m, v
+    return adam_step
+
+
+@pytest.mark.parametrize("slip, phrase", [
+    ("uphill", "The step goes uphill"),
+    ("step + 1", "The bias correction uses step + 1"),
+    ("corrected state", "item 1 (exp_avg): expected"),
+    ("corrected state", "the averages returned are the bias-corrected m_hat and v_hat"),
+])
+def test_an_adam_step_with_a_usual_slip_is_told_which(slip, phrase):
+    assert judge_answer("optimizers.adam_step", _adam_written_with(None)).status == PASSED
+    verdict = judge_answer("optimizers.adam_step", _adam_written_with(slip))
+    assert verdict.status == FAILED
+    assert phrase in verdict.message
+
+
 def test_a_judge_that_crashes_in_course_code_is_a_check_error_even_after_calling_the_answer(monkeypatch):
     # Here the judge stands for course code: only the answer's cell counts as the learner's.
     answer_file = "/tmp/ipykernel_1/answer.py"
@@ -1363,6 +1395,26 @@ def test_the_log_softmax_overflow_advice_names_the_idea_not_the_formula():
     assert verdict.status == FAILED
     assert "shift each row by its maximum first" in verdict.message
     assert "log(sum(exp(z - m)))" not in verdict.message
+
+
+def _shifted_logits(z):
+    return z - z.max(dim=-1, keepdim=True).values
+
+
+@pytest.mark.parametrize("answer, phrase", [
+    # The sum over every logit of the batch, or m taken away twice: still one number per row.
+    (lambda z: _shifted_logits(z) - torch.log(torch.exp(_shifted_logits(z)).sum()),
+     "does not sum to 1 along the last dimension"),
+    (lambda z: _shifted_logits(z) - torch.log(torch.exp(z).sum(dim=-1, keepdim=True)),
+     "check that m is taken away once in all"),
+    # The sum down the columns: each logit of a row loses a different amount.
+    (lambda z: _shifted_logits(z) - torch.log(torch.exp(_shifted_logits(z)).sum(dim=0, keepdim=True)),
+     "the differences between a row's logits stay as they were; in yours they change"),
+])
+def test_a_log_softmax_normalised_wrongly_is_told_which_property_it_breaks(answer, phrase):
+    verdict = judge_answer("losses.log_softmax", answer)
+    assert verdict.status == FAILED
+    assert phrase in verdict.message
 
 
 @pytest.mark.parametrize("name, answer, phrase", [
