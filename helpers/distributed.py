@@ -332,8 +332,8 @@ def shard_report(dataset, config: TrainConfig, context: DistributedContext) -> N
     dist.all_gather_object(rows, (context.rank, len(loader.sampler), seen))
     if context.is_main:
         for rank, count, first in rows:
-            print(f"rank {rank}: {count} examples per epoch; first batch of epoch 0 {first[0]}, "
-                  f"of epoch 1 {first[1]}")
+            print(f"rank {rank}: {count} examples per epoch; first batches of epochs 1 and 2: "
+                  f"{first[0]}, {first[1]}")
 
 
 def demo(config: TrainConfig, context: DistributedContext) -> None:

@@ -235,8 +235,12 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
                             f"(largest difference {differences.max().item():.3g})")
         return
     if isinstance(expected, float):
-        if isinstance(got, torch.Tensor) and got.numel() == 1:
-            got = got.item()
+        if isinstance(got, torch.Tensor) and got.numel() == 1 and got.is_floating_point():
+            value = got.item()
+            if math.isclose(value, expected, rel_tol=rtol, abs_tol=atol):
+                raise _Mismatch(f"expected the float {expected:.6g}, got {_describe(got)}: the value is "
+                                f"right, but return it as a Python float (.item() or float(...))")
+            got = value
         if isinstance(got, bool) or not isinstance(got, numbers.Real):
             raise _Mismatch(f"expected a number, got {type(got).__name__} {_describe(got)}")
         if math.isnan(got) and not math.isnan(expected):
@@ -266,6 +270,9 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
         if not isinstance(got, bool) and isinstance(got, (numbers.Real, torch.Tensor)) and _equals(got, expected):
             raise _Mismatch(f"expected the int {expected}, got {_describe(got)}: the value is right, "
                             f"but return it as an int (int(...), or // for a division)")
+        if isinstance(got, bool) or (isinstance(got, torch.Tensor) and got.dtype == torch.bool):
+            raise _Mismatch(f"expected the int {expected}, got {_describe(got)}: return a number, not a "
+                            f"bool (int(...) turns True into 1; sum(...) counts the Trues)")
         raise _Mismatch(f"expected {_describe(expected)}, got {_describe(got)}")
     if type(got) is not type(expected) or got != expected:
         raise _Mismatch(f"expected {_describe(expected)}, got {_describe(got)}")
@@ -797,7 +804,8 @@ def _losses_bce_gradient(answer: Callable) -> str | None:
         if logits.grad is not None and not torch.isfinite(logits.grad).all():
             advice = (": torch.where(condition, a, b) sends the gradient through both branches, "
                       "so an inf or NaN in the branch it did not pick still poisons the result; "
-                      "use one formula that is finite for every logit")
+                      "give each branch only the logits where it is used (and 0 elsewhere, with "
+                      "torch.where again), so that neither branch can overflow anywhere")
         elif logits.grad is not None:
             nonzero = logits.detach() != 0
             if torch.allclose(logits.grad[nonzero], want[nonzero], atol=1e-6, rtol=1e-5):
@@ -1121,7 +1129,8 @@ _ADAM_SLIPS = [
     (_adam_variant(bias_correct_v=False),
      "The update forgets the bias correction of v: divide v by 1 - beta2**step."),
     (_adam_variant(eps_inside_sqrt=True),
-     "eps is inside the square root: the denominator is sqrt(v_hat) + eps."),
+     "eps belongs outside the square root: the denominator is sqrt(v_hat) + eps, not "
+     "sqrt(v_hat + eps)."),
     (_adam_variant(decoupled_decay=True),
      "That is AdamW's decoupled decay: torch.optim.Adam's weight_decay is an L2 penalty, "
      "added to the gradient (grad + weight_decay * param) before the averages."),
@@ -1277,8 +1286,8 @@ def _judge_learning_rate(answer) -> str | None:
                     f"1 - lr * {a if worst == 'x' else b} = {factors[worst]:.3g}, whose size is not below 1. "
                     f"Keep lr below 2 / {max(a, b)} = {2 / max(a, b):.3g} (2 over the largest curvature).")
         if factors[worst] < 0:  # the steep coordinate overshoots: the rate is too close to the limit
-            advice = (f"It overshoots the minimum at every step: a smaller rate does better, one that "
-                      f"balances this factor against the other coordinate's.")
+            advice = ("It overshoots the minimum at every step: a smaller rate does better, one that "
+                      "balances this factor against the other coordinate's.")
         else:
             advice = f"A larger rate, still below 2 / {max(a, b)}, does better."
         return (f"for a={a}, b={b}, lr={lr:g} converges but too slowly: after {steps} steps {worst} is "
@@ -1552,14 +1561,16 @@ def _training_mean_loss_mistake(got: Any, want: float, model, loader, loss_fn) -
     """Name the usual mistake behind a wrong mean loss, or return ''; it names no input."""
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
+    if isinstance(got, float) and math.isclose(got, want, rel_tol=1e-5):
+        return ""  # the right value, in a tensor: compare() has said to return a float
     if isinstance(got, float) and math.isclose(got, _training_mean_of_batch_means(model, loader, loss_fn),
                                                rel_tol=1e-5):
         return ("That is the mean of the batch means, which gives a smaller last batch as much weight as a "
-                "full one: weight each batch's mean loss by its size and divide by the number of samples")
+                "full one: weight each batch's mean loss by its size and divide by the number of examples")
     per_batch = want * len(loader.dataset) / len(loader)  # the sum of the losses / the batches
     if isinstance(got, float) and math.isclose(got, per_batch, rel_tol=1e-5):
         return ("That divides the sum of the losses by the number of batches, len(loader): divide by "
-                "the number of samples")
+                "the number of examples")
     return ""
 
 
@@ -1581,7 +1592,7 @@ def _training_hidden_mean_losses(generator: torch.Generator) -> list[Case]:
         targets = torch.randint(0, classes, (num_samples,), generator=generator)
         loader = DataLoader(TensorDataset(inputs, targets), batch_size=batch_size)
         cases.append(Case((model, loader, torch.nn.CrossEntropyLoss()),
-                          f"a model of {features} inputs and {classes} classes, {num_samples} samples in "
+                          f"a model of {features} inputs and {classes} classes, {num_samples} examples in "
                           f"batches of {batch_size}"))
     return cases
 
@@ -1601,14 +1612,15 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
     # The loss sees the outputs however the model was run (even layer by layer, by forward()).
     dropout = next(layer for layer in model if isinstance(layer, torch.nn.Dropout))
     loss_fn.register_forward_pre_hook(lambda module, args: seen.append((args[0].requires_grad, dropout.training)))
-    label = "a model with dropout and a loader of 10 samples in batches of 4, 4 and 2"
+    label = "a model with dropout and a loader of 10 examples in batches of 4, 4 and 2"
     got = call_answer(answer, label, model, loader, loss_fn)
     # The check runs under torch.enable_grad(), which hides from the other checks an answer that
     # switches gradients off for good (torch.set_grad_enabled(False) as a call): see it here.
     grad_left_off = not torch.is_grad_enabled()
     torch.set_grad_enabled(True)
-    if isinstance(got, torch.Tensor) and got.numel() == 1:
-        got = got.item()
+    if isinstance(got, torch.Tensor):
+        return (f"on {label}, expected a Python float, got {_describe(got)}: return the mean loss "
+                f"as a float (.item() or float(...))")
     if not isinstance(got, float):
         return f"on {label}, expected a float, got {type(got).__name__} {_describe(got)}"
     if any(training for _, training in seen):
@@ -1626,7 +1638,7 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
     if math.isclose(got, mean_of_batch_means, rel_tol=1e-5) and not math.isclose(got, want, rel_tol=1e-5):
         return (f"on {label}, expected {want:.6g}, got {got:.6g}: that is the mean of the three batch "
                 f"means, which gives the last batch of 2 as much weight as the batches of 4. Weight "
-                f"each batch's mean loss by its size and divide by the number of samples")
+                f"each batch's mean loss by its size and divide by the number of examples")
     if not math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-7):
         # The batch means are named above, with this loader's sizes; the other slips as for any loader.
         explanation = _training_mean_loss_mistake(got, want, model, loader, loss_fn)
@@ -1638,10 +1650,10 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
 register(Exercise(
     name="training.mean_loss",
     title="The mean loss over a loader",
-    practises="evaluation mode, torch.no_grad, and averaging over samples rather than batches",
+    practises="evaluation mode, torch.no_grad, and averaging over examples rather than batches",
     minutes=10,
     hint="the section \"What the loop leaves out\" names the two switches an evaluation needs, and the "
-         "section after it explains why a batch's mean loss must count as many times as it has samples.",
+         "section after it explains why a batch's mean loss must count as many times as it has examples.",
     judge=_training_judge_mean_loss,
     hidden=HiddenCases(_training_hidden_mean_losses, _training_true_mean_loss,
                        explain=_training_mean_loss_mistake, rule="any model and loader"),
@@ -1712,8 +1724,8 @@ register(Exercise(
     title="Add an operation to the engine",
     practises="local derivatives; backward closures that accumulate into .grad",
     minutes=15,
-    hint="build it as Value.tanh is built (its source is printed in the section \"A reverse-mode "
-         "engine in a hundred lines\"): one new Value whose parent is v, and a closure that adds "
+    hint="build it as Value.tanh is built (its source is printed in the section \"A small "
+         "reverse-mode engine\"): one new Value whose parent is v, and a closure that adds "
          "to v.grad.",
     judge=_judge_sigmoid_op,
 ))
@@ -2010,6 +2022,10 @@ def _fast_crop_mistake(got: Any, want: torch.Tensor, images, padding, top, left)
         return "The gather gives (N, H, W, C): permute it to (N, C, H, W)."
     if got.shape != want.shape:
         return ""
+    if torch.equal(got.reshape(-1), want.permute(0, 2, 3, 1).reshape(-1).to(got.dtype)):
+        return ("The numbers are right but in the wrong order: the gather gives (N, H, W, C), and "
+                "reshape or view only relabel the memory in place; move the channels with "
+                "permute(0, 3, 1, 2).")
     n, _, h, w = images.shape
     zero_padded = F.pad(images, (padding,) * 4)
     with_zeros = torch.stack([zero_padded[i, :, t:t + h, l:l + w]
@@ -2317,7 +2333,7 @@ def _evaluation_confusions() -> list[Case]:
     return [
         Case((torch.tensor([[2, 1, 1], [1, 1, 0], [0, 1, 3]]),), "the chapter's 3x3 example"),
         Case((torch.tensor([[5, 0, 1], [2, 3, 0], [0, 0, 0]]),),
-             "a 3x3 matrix whose class 2 has no samples (its row is all zeros)"),
+             "a 3x3 matrix whose class 2 has no examples (its row is all zeros)"),
         Case((torch.tensor([[1, 0, 0], [0, 1, 0], [0, 2, 0]]),), "a 3x3 matrix whose class 2 is never predicted"),
         Case((large,), "a 10x10 matrix of counts"),
     ]
@@ -2332,11 +2348,11 @@ def _evaluation_recall_mistake(got: Any, want: Any, confusion: torch.Tensor) -> 
     if (isinstance(got, torch.Tensor) and got.shape == rows.shape and torch.isnan(got.double()).any()
             and (rows == 0).any()):
         k = int(torch.nonzero(rows == 0)[0])
-        return (f"Class {k} has no samples (row {k} sums to 0), so its recall is 0 by the convention of "
+        return (f"Class {k} has no examples (row {k} sums to 0), so its recall is 0 by the convention of "
                 f"this book (scikit-learn's zero_division=0), not NaN: divide only where the row sum is positive")
     candidates = [
         (precision(confusion), "That is the precision: it divides the diagonal by the column sums (how often "
-                               "each class was predicted). Recall divides by the row sums (how many samples "
+                               "each class was predicted). Recall divides by the row sums (how many examples "
                                "each class has): confusion.sum(dim=1)."),
         ((c.diagonal() // rows.clamp_min(1)).float(),
          "The answer looks like integer division, which rounds every recall below 1 down to 0: convert "
@@ -2361,8 +2377,8 @@ register(Exercise(
     practises="reading a confusion matrix: rows are true classes; ratios with a zero denominator",
     minutes=10,
     hint="the section \"Precision, recall and F1, per class\" defines recall from the matrix: is it a row "
-         "or a column that counts the samples of a class? \"A class that is never predicted\" says what a "
-         "class without samples gets; torch.where can choose between two results element by element.",
+         "or a column that counts the examples of a class? \"A class that is never predicted\" says what a "
+         "class without examples gets; torch.where can choose between two results element by element.",
     judge=judge_cases(_evaluation_confusions, _evaluation_true_recall, _evaluation_recall_mistake),
 ))
 
@@ -2375,11 +2391,11 @@ def _evaluation_label_cases() -> list[Case]:
     skewed_true = torch.tensor([0] * 12 + [1] * 3 + [2] * 5)
     skewed_pred = torch.tensor([0] * 10 + [1] * 2 + [1] * 3 + [0, 0, 2, 2, 2])
     return [
-        Case(([0, 0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 1, 2, 1, 0, 2, 2, 1, 2], 3), "the chapter's 10 samples of 3 classes"),
-        Case((skewed_true, skewed_pred, 3), "20 samples of 3 classes of sizes 12, 3 and 5"),
-        Case(([0, 1, 2, 2], [0, 1, 1, 1], 3), "4 samples whose class 2 is never predicted"),
-        Case(([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], 4), "5 samples of 4 classes, classes 2 and 3 absent"),
-        Case((y_true, y_pred, 10), "200 samples of 10 classes, 60% right"),
+        Case(([0, 0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 1, 2, 1, 0, 2, 2, 1, 2], 3), "the chapter's 10 examples of 3 classes"),
+        Case((skewed_true, skewed_pred, 3), "20 examples of 3 classes of sizes 12, 3 and 5"),
+        Case(([0, 1, 2, 2], [0, 1, 1, 1], 3), "4 examples whose class 2 is never predicted"),
+        Case(([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], 4), "5 examples of 4 classes, classes 2 and 3 absent"),
+        Case((y_true, y_pred, 10), "200 examples of 10 classes, 60% right"),
     ]
 
 
@@ -2394,7 +2410,7 @@ def _evaluation_hidden_labels(generator: torch.Generator) -> list[Case]:
         y_pred = torch.where(torch.rand(n, generator=generator) < 0.5, y_true, guesses)
         if i % 2:
             y_true, y_pred = y_true.tolist(), y_pred.tolist()
-        cases.append(Case((y_true, y_pred, num_classes), f"{n} samples of {num_classes} classes"))
+        cases.append(Case((y_true, y_pred, num_classes), f"{n} examples of {num_classes} classes"))
     return cases
 
 
@@ -2409,8 +2425,8 @@ def _evaluation_macro_f1_mistake(got: Any, want: float, y_true, y_pred, num_clas
 
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
-    if isinstance(got, bool) or not isinstance(got, (int, float)):
-        return ""
+    if isinstance(got, bool) or not isinstance(got, (int, float)) or math.isclose(got, want, rel_tol=1e-6):
+        return ""  # not a number, or the right one in a tensor: compare() has said what is wrong
     confusion = confusion_matrix(y_true, y_pred, num_classes)
     f1 = f1_score(confusion).double()
     support = confusion.sum(dim=1).double()
@@ -2421,10 +2437,10 @@ def _evaluation_macro_f1_mistake(got: Any, want: float, y_true, y_pred, num_clas
          "That is the accuracy, which equals the micro-averaged F1 (the counts of all classes pooled). "
          "Macro-F1 is the mean of the num_classes per-class F1 scores, each class counting the same"),
         ((f1 * support).sum().item() / support.sum().item(),
-         "That is the F1 scores weighted by each class's number of samples (scikit-learn's "
+         "That is the F1 scores weighted by each class's number of examples (scikit-learn's "
          "average='weighted'). The macro average gives every class the same weight"),
         (f1[defined].mean().item() if defined.any() else math.nan,
-         "Classes that are never predicted, or have no samples, were left out of the mean. Their F1 is 0 "
+         "Classes that are never predicted, or have no examples, were left out of the mean. Their F1 is 0 "
          "(zero_division=0) and they stay in the mean over all num_classes classes"),
     ]
     # Answers built from precision and recall. When the macro precision equals the macro recall
@@ -2466,9 +2482,10 @@ register(Exercise(
     title="Macro-F1 from labels",
     practises="per-class F1 and the macro average; why it differs from accuracy on unbalanced classes",
     minutes=15,
-    hint="the sections \"Precision, recall and F1, per class\" and \"Macro averages\" give each step: the "
-         "counts of every class, the form of F1 that needs no special case, and which classes the mean "
-         "runs over (a confusion matrix gives all the counts at once).",
+    hint="the sections \"Precision, recall and F1, per class\" and \"Macro averages, and why "
+         "micro-F1 is the accuracy\" give each step: the counts of every class, the form of F1 that "
+         "needs no special case, and which classes the mean runs over (a confusion matrix gives all "
+         "the counts at once).",
     judge=judge_cases(_evaluation_label_cases, _evaluation_true_macro_f1, _evaluation_macro_f1_mistake),
     hidden=HiddenCases(_evaluation_hidden_labels, _evaluation_true_macro_f1, explain=_evaluation_macro_f1_mistake,
                        rule="any labels and number of classes"),

@@ -65,6 +65,21 @@ def test_starter_code_is_not_done_yet_with_the_hint():
     assert "Hint: the leaves are the AccumulateGrad nodes" in verdict.message
 
 
+def _section_titles(chapter: str) -> set[str]:
+    """The headings of a chapter's notebook, as the rendered book shows them (no backticks)."""
+    notebook = nbformat.read(Path(__file__).parent.parent / "book" / f"{chapter}.ipynb", as_version=4)
+    return {line.lstrip("#").strip().replace("`", "") for cell in notebook.cells
+            if cell.cell_type == "markdown" for line in cell.source.splitlines() if line.startswith("#")}
+
+
+@pytest.mark.parametrize("name", sorted(exercises.EXERCISES))
+def test_every_section_a_hint_quotes_is_a_heading_of_its_chapter(name):
+    # A stuck learner reads the hint first, and looks for the section it names.
+    quoted = re.findall(r'"([^"]+)"', exercises.EXERCISES[name].hint)
+    missing = set(quoted) - _section_titles(name.split(".")[0])
+    assert not missing, f"the hint of {name} quotes sections its chapter lacks: {missing}"
+
+
 def test_a_not_implemented_error_from_pytorch_is_a_crash_not_starter_code():
     # An operation PyTorch lacks (here a Module without forward) raises NotImplementedError too;
     # that is the answer's bug, shown at the learner's line, not "not done yet".
@@ -102,11 +117,11 @@ def test_not_a_function_and_unknown_exercise():
     (float("nan"), 1.0, "expected 1, got NaN"),
     ("1.0", 1.0, "expected a number, got str"),
     (3, 4, "expected 4, got 3"),
-    (True, 1, "expected 1, got"),
+    (True, 1, "expected the int 1, got True: return a number, not a bool"),
     (3.0, 3, "expected the int 3, got 3.0: the value is right, but return it as an int"),
     (torch.tensor(3.0), 3, "expected the int 3, got tensor(3.0) of shape (): the value is right"),
     (3.5, 3, "expected 3, got 3.5"),
-    (torch.tensor(True), 1, "expected 1, got tensor(True)"),
+    (torch.tensor(True), 1, "expected the int 1, got tensor(True)"),
     ((torch.ones(1), 2), (torch.ones(1), 3), "item 1: expected 3, got 2"),
 ])
 def test_compare_says_what_differs(got, expected, message):
@@ -117,11 +132,18 @@ def test_compare_says_what_differs(got, expected, message):
 
 def test_compare_accepts_close_values_and_scalar_tensors():
     compare(torch.tensor([1.0, 2.0 + 1e-8]), torch.tensor([1.0, 2.0]))
-    compare(torch.tensor(0.5), 0.5)
     compare((1, torch.ones(2)), (1, torch.ones(2)))
     compare(np.int64(3), 3)  # an integer from NumPy is an integer
     compare(torch.tensor(3), 3)  # so is a 0-d integer tensor
     compare(np.float32(0.5), 0.5)
+
+
+def test_a_float_asked_for_and_a_tensor_given_is_told_to_return_a_float():
+    # The exercises that want a float say "a Python float": a tensor, with a graph or not, is not one.
+    with pytest.raises(exercises._Mismatch, match=r"the value is right, but return it as a Python float"):
+        compare(torch.tensor(0.5), 0.5)
+    with pytest.raises(exercises._Mismatch, match=r"^expected 0.5, got 0.7$"):
+        compare(torch.tensor(0.7), 0.5)  # a wrong value: the values come first
 
 
 def test_a_judge_exercise_and_the_grading_log(tmp_path, monkeypatch):
@@ -222,8 +244,6 @@ def _reference_logistic_grad(X, t, w, b):
 
 def _reference_answers() -> dict:
     """A right answer to each exercise of these four chapters, from helpers and PyTorch."""
-    import torch.nn.functional as F
-
     from helpers import losses
 
     return {
@@ -690,6 +710,15 @@ def test_compare_is_strict_about_tolerance_bools_and_lengths(got, expected, mess
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("got", [False, torch.tensor(False)])
+def test_a_bool_for_a_count_is_told_to_return_a_number(got):
+    # requires_grad is a bool: a natural shortcut for "1 if the leaf needs a gradient".
+    with pytest.raises(exercises._Mismatch) as err:
+        compare(got, 0)
+    assert "expected the int 0, got" in str(err.value)
+    assert "return a number, not a bool" in str(err.value)
+
+
 def test_compare_accepts_an_equal_bool():
     compare(True, True)
     compare(False, False)
@@ -867,7 +896,7 @@ def test_a_mean_loss_off_by_half_a_percent_fails():
 
     verdict = judge_answer("training.mean_loss", mean_loss_slightly_off)
     assert verdict.status == FAILED
-    assert verdict.message.startswith("on a model with dropout and a loader of 10 samples in batches of 4, 4 and 2, "
+    assert verdict.message.startswith("on a model with dropout and a loader of 10 examples in batches of 4, 4 and 2, "
                                       "expected")
 
 
@@ -1267,7 +1296,7 @@ def test_macro_f1_built_from_precision_and_recall_is_not_blamed_on_a_harmonic_me
     for answer in (_macro_recall, _macro_precision, _mean_of_precision_and_recall):
         verdict = judge_answer("evaluation.macro_f1", answer)
         assert verdict.status == FAILED
-        assert verdict.message.startswith("on the chapter's 10 samples of 3 classes, expected 0.57381, got "
+        assert verdict.message.startswith("on the chapter's 10 examples of 3 classes, expected 0.57381, got "
                                           "0.583333. Here the macro precision equals the macro recall"), \
             verdict.message
     # Where they differ (class 2 is never predicted), each is named.
@@ -1380,6 +1409,36 @@ def _mean_loss_that_switches_gradients_off_for_good(model, loader, loss_fn):
     total = sum(loss_fn(model(x), y).item() * len(y) for x, y in loader)
     model.train()
     return total / len(loader.dataset)
+
+
+def _mean_loss_as_a_tensor(model, loader, loss_fn):
+    model.eval()
+    with torch.no_grad():
+        total = sum(loss_fn(model(x), y) * len(y) for x, y in loader)  # no .item(): a tensor
+    model.train()
+    return total / len(loader.dataset)
+
+
+def _macro_f1_as_a_tensor(y_true, y_pred, num_classes):
+    y_true, y_pred = torch.as_tensor(y_true), torch.as_tensor(y_pred)
+    scores = []
+    for k in range(num_classes):
+        tp = ((y_pred == k) & (y_true == k)).sum()
+        wrong = ((y_pred == k) != (y_true == k)).sum()  # false positives and false negatives
+        scores.append(2 * tp / (2 * tp + wrong) if 2 * tp + wrong > 0 else torch.tensor(0.0))
+    return torch.stack(scores).mean()
+
+
+@pytest.mark.parametrize("name, answer, phrase", [
+    ("training.mean_loss", _mean_loss_as_a_tensor, "expected a Python float, got tensor("),
+    ("evaluation.macro_f1", _macro_f1_as_a_tensor,
+     "the value is right, but return it as a Python float (.item() or float(...))"),
+])
+def test_a_right_value_in_a_tensor_where_a_python_float_is_asked_fails_and_says_so(name, answer, phrase):
+    verdict = judge_answer(name, answer)
+    assert verdict.status == FAILED
+    assert phrase in verdict.message
+    assert verdict.message.endswith("float(...))")  # no slip named: the value is right
 
 
 def test_a_mean_loss_that_leaves_gradients_switched_off_fails_and_the_notebooks_state_is_kept():

@@ -641,6 +641,9 @@ def test_crop_exercise_names_each_usual_mistake():
         (lambda i, p, t, l: _crops(i, p, t, l, mode="constant"), "pad by mirroring the border"),
         (lambda i, p, t, l: _crops(i, p, l, t), "top[i] moves the window down"),
         (lambda i, p, t, l: _crops(i, p, t, l).permute(0, 2, 3, 1), "permute it to (N, C, H, W)"),
+        # The gather's (N, H, W, C) given the right shape by reshape: the right numbers, misplaced.
+        (lambda i, p, t, l: _crops(i, p, t, l).permute(0, 2, 3, 1).reshape(i.shape),
+         "reshape or view only relabel the memory in place"),
     ]:
         verdict = judge_answer("fast_training.crop_batch", answer)
         assert verdict.status == FAILED and message in verdict.message, verdict.message

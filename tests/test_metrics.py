@@ -384,7 +384,7 @@ def test_recall_exercise():
     verdict = judge_answer("evaluation.per_class_recall", column_sums)
     assert verdict.status == FAILED and "That is the precision" in verdict.message
     verdict = judge_answer("evaluation.per_class_recall", nan_for_empty_rows)
-    assert verdict.status == FAILED and "has no samples" in verdict.message and "not NaN" in verdict.message
+    assert verdict.status == FAILED and "has no examples" in verdict.message and "not NaN" in verdict.message
     verdict = judge_answer("evaluation.per_class_recall", integer_division)
     assert verdict.status == FAILED and "integer division" in verdict.message
 

@@ -404,7 +404,7 @@ def test_adam_exercise_names_eps_inside_the_root_and_passes_the_helpers_adam():
         m, v = b1 * exp_avg + (1 - b1) * grad, b2 * exp_avg_sq + (1 - b2) * grad**2
         return param - lr * (m / (1 - b1**step)) / (v / (1 - b2**step) + eps).sqrt(), m, v
 
-    assert "eps is inside the square root" in judge_answer("optimizers.adam_step", eps_inside).message
+    assert "eps belongs outside the square root" in judge_answer("optimizers.adam_step", eps_inside).message
 
     def with_helpers(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                      weight_decay=0.0):
