@@ -638,6 +638,30 @@ def _count_graph_nodes(t: torch.Tensor) -> int:
     return len(nodes)
 
 
+def _count_paths(node) -> int:
+    """The nodes met by a walk that visits a node again on every path that reaches it."""
+    if node is None:
+        return 0
+    return 1 + sum(_count_paths(child) for child, _ in node.next_functions)
+
+
+def _count_nodes_explain(got: Any, want: int, t: torch.Tensor) -> str:
+    """Name the usual mistake behind a wrong count of nodes, or return ''."""
+    from helpers.graphs import backward_graph
+
+    if not _is_int(got) or t.grad_fn is None:
+        return ""
+    nodes, _ = backward_graph(t)
+    leaves = sum(1 for node in nodes if hasattr(node, "variable"))
+    if leaves and int(got) == want - leaves:
+        return ("That leaves out the AccumulateGrad nodes, one for each leaf that requires a "
+                "gradient: next_functions reaches them, and they are nodes of the graph too.")
+    if int(got) == _count_paths(t.grad_fn):
+        return ("That counts a node once for every path that reaches it: remember the nodes "
+                "already seen (a set), and count each one once.")
+    return ""
+
+
 register(Exercise(
     name="dynamic_graph.count_nodes",
     title="Count the nodes of a graph",
@@ -647,7 +671,9 @@ register(Exercise(
          "each node once: in \"Drawing it\" a node is reached along two paths.",
     cases=_graph_cases,
     expected=_count_graph_nodes,
-    hidden=HiddenCases(_graph_hidden_cases, _count_graph_nodes, rule="any graph"),
+    explain=_count_nodes_explain,
+    hidden=HiddenCases(_graph_hidden_cases, _count_graph_nodes, rule="any graph",
+                       explain=_count_nodes_explain),
 ))
 
 
@@ -1212,6 +1238,10 @@ def _momentum_without_nesterov(param, grad, buffer, lr, momentum, dampening=0.0,
     return param - lr * b, b
 
 
+def _momentum_undamped(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
+    return _torch_momentum_step(param, grad, buffer, lr, momentum, 0.0, nesterov)
+
+
 def _momentum_cases() -> list[Case]:
     g = torch.Generator().manual_seed(5)
     param, grad = torch.randn(3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
@@ -1239,6 +1269,9 @@ _MOMENTUM_SLIPS = [
      "with b = g, that is by lr * (1 + momentum) * g."),
     # With dampening 0, Nesterov written with the buffer from before the update,
     # g + momentum * b_old, is plain momentum too: the message fits both slips.
+    (_momentum_undamped,
+     "dampening is ignored: after the first step, the buffer adds (1 - dampening) times the "
+     "gradient, b <- momentum * b + (1 - dampening) * g."),
     (_momentum_without_nesterov,
      "The step equals plain momentum's, lr * b, as when nesterov=True is ignored or uses the "
      "buffer from before this step's update: with Nesterov the step is lr * (g + momentum * b), "
@@ -2149,7 +2182,8 @@ def _distributed_hidden_shards(generator: torch.Generator) -> list[Case]:
 
 def _distributed_shard_mistake(got: list[int], n: int, world: int, rank: int, epoch: int, seed: int = 0,
                                drop_last: bool = False) -> str:
-    """Which usual mistake gives the wrong indices ``got``: "epoch", "drop_last", "length", "block", or ""."""
+    """Which usual mistake gives the wrong indices ``got``: "epoch", "seed", "drop_last", "length", "block",
+    or ""."""
     def sampler(**changed) -> list[int]:  # the reference, with some settings changed
         settings = {"rank": rank, "epoch": epoch, "drop_last": drop_last} | changed
         return _distributed_sampler_indices(n, world, seed=seed, **settings)
@@ -2157,6 +2191,9 @@ def _distributed_shard_mistake(got: list[int], n: int, world: int, rank: int, ep
     want = sampler()
     if epoch > 0 and got == sampler(epoch=0):
         return "epoch"
+    if seed != 0 and got == _distributed_sampler_indices(n, world, rank=rank, epoch=epoch,
+                                                         drop_last=drop_last):
+        return "seed"
     if drop_last and got == sampler(drop_last=False):
         return "drop_last"
     if len(got) != len(want):
@@ -2181,6 +2218,9 @@ def _distributed_judge_shards(answer: Callable) -> str | None:
         if mistake == "epoch":
             return (f"on {case.label}, got the order of epoch 0: the order must change every epoch (the "
                     f"generator's seed depends on the epoch, which is what sampler.set_epoch sets)")
+        if mistake == "seed":
+            return (f"on {case.label}, got the order for seed 0: the generator is seeded with seed + "
+                    f"epoch, so the seed changes the order too")
         if mistake == "drop_last":
             return (f"on {case.label}, got the indices for drop_last=False: with drop_last=True the order "
                     f"is not padded but cut, so that it divides evenly among the ranks")
@@ -2200,6 +2240,8 @@ def _distributed_judge_shards(answer: Callable) -> str | None:
 _DISTRIBUTED_SHARD_MISTAKES = {  # the mistakes of _distributed_shard_mistake, in words that name no input
     "epoch": "That is the order of epoch 0: the order must change every epoch (the generator's seed depends "
              "on the epoch, which is what sampler.set_epoch sets)",
+    "seed": "That is the order for seed 0: the generator is seeded with seed + epoch, so the seed "
+            "changes the order too",
     "drop_last": "Those are the indices for drop_last=False: with drop_last=True the order is not padded but "
                  "cut, so that it divides evenly among the ranks",
     "length": "The number of indices is wrong: every rank gets as many, from the order padded (or, with "

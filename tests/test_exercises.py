@@ -373,6 +373,49 @@ def test_an_adam_step_that_ignores_weight_decay_is_told_so():
                                     "to the gradient before the averages.")
 
 
+def _nodes_without_the_leaves(t):
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or type(node).__name__ == "AccumulateGrad":
+            continue
+        seen.add(node)
+        stack.extend(child for child, _ in node.next_functions)
+    return len(seen)
+
+
+def _nodes_once_per_path(t):
+    def walk(node):
+        return 0 if node is None else 1 + sum(walk(child) for child, _ in node.next_functions)
+    return walk(t.grad_fn)
+
+
+def _momentum_without_dampening(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
+    b = grad.clone() if buffer is None else momentum * buffer + grad
+    return param - lr * (grad + momentum * b if nesterov else b), b
+
+
+def _shards_without_the_seed(num_examples, world_size, rank, epoch, seed=0, drop_last=False):
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(range(num_examples), num_replicas=world_size, rank=rank,
+                                 drop_last=drop_last)  # seed left at its default, 0
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+@pytest.mark.parametrize("name, answer, phrase", [
+    ("dynamic_graph.count_nodes", _nodes_without_the_leaves, "That leaves out the AccumulateGrad nodes"),
+    ("dynamic_graph.count_nodes", _nodes_once_per_path, "That counts a node once for every path"),
+    ("optimizers.momentum_step", _momentum_without_dampening, "dampening is ignored"),
+    ("distributed.shard_indices", _shards_without_the_seed, "got the order for seed 0"),
+])
+def test_a_usual_slip_is_named(name, answer, phrase):
+    verdict = judge_answer(name, answer)
+    assert verdict.status == FAILED
+    assert phrase in verdict.message
+
+
 def _adam_written_with(slip):
     """A learner's adam_step, right but for one ``slip``."""
     def adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
