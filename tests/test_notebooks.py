@@ -315,22 +315,37 @@ def _whole_number(number: str) -> re.Pattern:
     return re.compile(r"(?<![\d.])" + re.escape(number) + r"(?!\d|\.\d)")
 
 
+# What nbval replaces before it compares (tests/sanitize.cfg): a time it blanks out is not compared.
+SANITIZED = [re.compile(pattern) for pattern, _ in re.findall(
+    r"^regex: (.*)$\n^replace: (.*)$", (ROOT / "tests" / "sanitize.cfg").read_text(), flags=re.M)]
+
+
 def numbers_copied_from_a_run(nb, quoted=frozenset()) -> list[str]:
-    """Decimals and percentages written in the prose (outside math and code) that an output of a
-    cell nbval ignores prints, and no output it compares does: read off one run, and stale after
-    the next run on other hardware, which prints other numbers. ``quoted`` are left out."""
+    """Decimals, percentages and whole numbers of three digits or more written in the prose
+    (outside math and code) that an output of a cell nbval ignores prints, and neither an output
+    it compares nor the code does: read off one run, and stale after the next run on other
+    hardware, which prints other numbers. ``quoted`` are left out."""
     varying = "\n".join(_output_text(c) for c in nb.cells
                         if c.cell_type == "code" and "nbval-ignore-output" in c.metadata.get("tags", []))
-    fixed = "\n".join(_output_text(c) for c in nb.cells
-                      if c.cell_type == "code" and "nbval-ignore-output" not in c.metadata.get("tags", []))
+    compared = "\n".join(_output_text(c) for c in nb.cells
+                         if c.cell_type == "code" and "nbval-ignore-output" not in c.metadata.get("tags", []))
+    for pattern in SANITIZED:
+        compared = pattern.sub(" ", compared)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code").replace("_", "")
+    fixed = compared + "\n" + code  # a size the code sets or asserts is not a measurement
     copied = []
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "markdown":
             continue
         prose = re.sub(r"```.*?```|`[^`]*`|\$\$.*?\$\$|\$[^$]*\$", " ", cell.source, flags=re.S)
-        for number in re.findall(r"(?<![\w.])\d[\d,]*\.\d+|(?<![\w.])\d+(?=%)", prose):
-            printed = _whole_number(number)
-            if number not in quoted and printed.search(varying) and not printed.search(fixed):
+        for number in re.findall(r"(?<![\w.])\d[\d,]*\.\d+|(?<![\w.])\d+(?=%)"
+                                 r"|(?<![\w.,])\d{1,3}(?:,\d{3})+(?![\d.])|(?<![\w.,])\d{3,}(?![\d.,%])",
+                                 prose):
+            # 45,000 in the prose is 45000 in a print or in the code as well
+            forms = {number, number.replace(",", "")} if "." not in number else {number}
+            printed = [_whole_number(form) for form in forms]
+            if (number not in quoted and any(p.search(varying) for p in printed)
+                    and not any(p.search(fixed) for p in printed)):
                 copied.append(f"cell {i}: {number}")
     return copied
 
@@ -373,6 +388,16 @@ def test_numbers_copied_from_a_run_are_found_and_fixed_ones_are_not():
         "cell 0: 55.1"]
     assert numbers_copied_from_a_run(notebook("Aim for 94%, and 1.21.", "94.1%, 0.94, 1.216")) == []
     assert numbers_copied_from_a_run(notebook("It took 46.2 s.", "46.2 s"), quoted={"46.2"}) == []
+    # Whole numbers of three digits or more too, with or without a thousands comma; not when the
+    # code sets or asserts them, nor when nbval blanks them out before comparing (a time).
+    sizes = "45000 training images in 704 batches, 553 MB"
+    assert numbers_copied_from_a_run(notebook("45,000 images, 704 batches, 553 MB; 10 epochs.", sizes)) == [
+        "cell 0: 45,000", "cell 0: 704", "cell 0: 553"]
+    with_code = notebook("45,000 images, 704 batches.", sizes)
+    with_code.cells[2].source = "assert len(loader) == pick(704, 32)\nassert n == 45_000"
+    assert numbers_copied_from_a_run(with_code) == []
+    assert numbers_copied_from_a_run(notebook("It took 123 ms.", "123 ms", compared="123 ms")) == [
+        "cell 0: 123"]
     assert set(QUOTED) <= {path.name for path in NOTEBOOKS}
 
 
