@@ -235,7 +235,7 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
                             f"(largest difference {differences.max().item():.3g})")
         return
     if isinstance(expected, float):
-        if isinstance(got, torch.Tensor) and got.numel() == 1 and got.is_floating_point():
+        if isinstance(got, torch.Tensor) and got.numel() == 1 and got.dtype != torch.bool:
             value = got.item()
             if math.isclose(value, expected, rel_tol=rtol, abs_tol=atol):
                 raise _Mismatch(f"expected the float {expected:.6g}, got {_describe(got)}: the value is "
@@ -653,12 +653,21 @@ def _count_nodes_explain(got: Any, want: int, t: torch.Tensor) -> str:
         return ""
     nodes, _ = backward_graph(t)
     leaves = sum(1 for node in nodes if hasattr(node, "variable"))
-    if leaves and int(got) == want - leaves:
-        return ("That leaves out the AccumulateGrad nodes, one for each leaf that requires a "
-                "gradient: next_functions reaches them, and they are nodes of the graph too.")
-    if int(got) == _count_paths(t.grad_fn):
-        return ("That counts a node once for every path that reaches it: remember the nodes "
-                "already seen (a set), and count each one once.")
+    slips = [  # (the count the slip gives, what to say); on a small graph two may give one count
+        (want - leaves if leaves else None,
+         "That leaves out the AccumulateGrad nodes, one for each leaf that requires a gradient: "
+         "next_functions reaches them, and they are nodes of the graph too."),
+        (want - 1, "That is one short: count t.grad_fn itself as well."),
+        (_count_paths(t.grad_fn),
+         "That counts a node once for every path that reaches it: remember the nodes already "
+         "seen (a set), and count each one once."),
+    ]
+    named = {text for count, text in slips if count == int(got) and count != want}
+    if len(named) == 1:
+        return named.pop()
+    if named:  # several slips give this count here: say what they share
+        return ("That is short of the whole graph: count t.grad_fn itself and every node "
+                "next_functions reaches from it, AccumulateGrad nodes included, each once.")
     return ""
 
 
@@ -938,11 +947,15 @@ register(Exercise(
          "with keepdim=True."),
         (_losses_gives(lambda z: torch.softmax(z, dim=-1)),
          "That is the softmax itself: return its logarithm."),
+        (_losses_gives(lambda z: z),
+         "That returns the logits unchanged: take away from each row its log-sum-exp, so that "
+         "exp of the result sums to 1 along the last dimension."),
         (_log_softmax_wrong_normaliser,
-         "The answer takes one number away from each row's logits, as it should, but not the "
-         "row's log-sum-exp: exp of the answer does not sum to 1 along the last dimension. Take "
-         "the maximum m and the sum along the last dimension only (dim=-1, keepdim=True), and "
-         "check that m is taken away once in all."),
+         "The answer changes each row's logits by one number, the right kind of change, but that "
+         "number is not the row's log-sum-exp: exp of the answer does not sum to 1 along the last "
+         "dimension. The number is the logarithm of a sum of exponentials (not a mean), taken "
+         "along the last dimension only (dim=-1, keepdim=True), with the maximum m taken away "
+         "once in all."),
         (_log_softmax_reshapes_rows,
          "log_softmax(z) is z minus one number per row, so the differences between a row's "
          "logits stay as they were; in yours they change: subtract only things computed per row "
@@ -1267,11 +1280,11 @@ _MOMENTUM_SLIPS = [
     (_momentum_first_step_without_nesterov,
      "The first step ignores nesterov=True: with Nesterov it too moves by lr * (g + momentum * b), "
      "with b = g, that is by lr * (1 + momentum) * g."),
-    # With dampening 0, Nesterov written with the buffer from before the update,
-    # g + momentum * b_old, is plain momentum too: the message fits both slips.
     (_momentum_undamped,
      "dampening is ignored: after the first step, the buffer adds (1 - dampening) times the "
      "gradient, b <- momentum * b + (1 - dampening) * g."),
+    # With dampening 0, Nesterov written with the buffer from before the update,
+    # g + momentum * b_old, is plain momentum too: the message fits both slips.
     (_momentum_without_nesterov,
      "The step equals plain momentum's, lr * b, as when nesterov=True is ignored or uses the "
      "buffer from before this step's update: with Nesterov the step is lr * (g + momentum * b), "
@@ -1911,7 +1924,7 @@ register(Exercise(
     hint="the chain rule as in the section \"The chain rule, by hand\", one local derivative "
          "at a time: one point's loss with respect to p_i, p_i with respect to its logit "
          "z_i = x_i . w + b (sigmoid' = sigmoid (1 - sigmoid)), then z_i with respect to w and b. "
-         "Multiply them out and simplify; mind the mean over n and the shapes of w and b.",
+         "Multiply them out and simplify; mind the mean over N and the shapes of w and b.",
     cases=_logistic_cases,
     expected=_logistic_grad_by_autograd,
     explain=_logistic_explain,

@@ -144,6 +144,8 @@ def test_a_float_asked_for_and_a_tensor_given_is_told_to_return_a_float():
         compare(torch.tensor(0.5), 0.5)
     with pytest.raises(exercises._Mismatch, match=r"^expected 0.5, got 0.7$"):
         compare(torch.tensor(0.7), 0.5)  # a wrong value: the values come first
+    with pytest.raises(exercises._Mismatch, match=r"the value is right, but return it as a Python float"):
+        compare(torch.tensor(1), 1.0)  # an integer tensor is not a float either
 
 
 def test_a_judge_exercise_and_the_grading_log(tmp_path, monkeypatch):
@@ -405,7 +407,8 @@ def _shards_without_the_seed(num_examples, world_size, rank, epoch, seed=0, drop
 
 
 @pytest.mark.parametrize("name, answer, phrase", [
-    ("dynamic_graph.count_nodes", _nodes_without_the_leaves, "That leaves out the AccumulateGrad nodes"),
+    # On the first case, a * 2, leaving out the leaf and leaving out the root both give 1.
+    ("dynamic_graph.count_nodes", _nodes_without_the_leaves, "AccumulateGrad nodes included, each once"),
     ("dynamic_graph.count_nodes", _nodes_once_per_path, "That counts a node once for every path"),
     ("optimizers.momentum_step", _momentum_without_dampening, "dampening is ignored"),
     ("distributed.shard_indices", _shards_without_the_seed, "got the order for seed 0"),
@@ -414,6 +417,14 @@ def test_a_usual_slip_is_named(name, answer, phrase):
     verdict = judge_answer(name, answer)
     assert verdict.status == FAILED
     assert phrase in verdict.message
+
+
+def test_a_count_of_nodes_without_the_leaves_is_named_where_no_other_slip_gives_it():
+    a, b = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    t = a * b + a  # 4 nodes: add, mul and two AccumulateGrad
+    assert exercises._count_nodes_explain(_nodes_without_the_leaves(t), 4, t).startswith(
+        "That leaves out the AccumulateGrad nodes")
+    assert exercises._count_nodes_explain(3, 4, t) == "That is one short: count t.grad_fn itself as well."
 
 
 def _adam_written_with(slip):
@@ -1508,7 +1519,7 @@ def _shifted_logits(z):
     (lambda z: _shifted_logits(z) - torch.log(torch.exp(_shifted_logits(z)).sum()),
      "does not sum to 1 along the last dimension"),
     (lambda z: _shifted_logits(z) - torch.log(torch.exp(z).sum(dim=-1, keepdim=True)),
-     "check that m is taken away once in all"),
+     "with the maximum m taken away once in all"),
     # The sum down the columns: each logit of a row loses a different amount.
     (lambda z: _shifted_logits(z) - torch.log(torch.exp(_shifted_logits(z)).sum(dim=0, keepdim=True)),
      "the differences between a row's logits stay as they were; in yours they change"),
