@@ -2198,14 +2198,13 @@ def _distributed_shard_mistake(got: list[int], n: int, world: int, rank: int, ep
     """Which usual mistake gives the wrong indices ``got``: "epoch", "seed", "drop_last", "length", "block",
     or ""."""
     def sampler(**changed) -> list[int]:  # the reference, with some settings changed
-        settings = {"rank": rank, "epoch": epoch, "drop_last": drop_last} | changed
-        return _distributed_sampler_indices(n, world, seed=seed, **settings)
+        settings = {"rank": rank, "epoch": epoch, "seed": seed, "drop_last": drop_last} | changed
+        return _distributed_sampler_indices(n, world, **settings)
 
     want = sampler()
     if epoch > 0 and got == sampler(epoch=0):
         return "epoch"
-    if seed != 0 and got == _distributed_sampler_indices(n, world, rank=rank, epoch=epoch,
-                                                         drop_last=drop_last):
+    if seed != 0 and got == sampler(seed=0):
         return "seed"
     if drop_last and got == sampler(drop_last=False):
         return "drop_last"
@@ -2215,6 +2214,23 @@ def _distributed_shard_mistake(got: list[int], n: int, world: int, rank: int, ep
     shares = [sampler(rank=r) for r in range(world)]
     order = [share[k] for k in range(len(want)) for share in shares]
     return "block" if got == order[rank * len(want):(rank + 1) * len(want)] else ""
+
+
+# The mistakes of _distributed_shard_mistake, in words that name no input: said after the numbers of
+# the case that failed, shown or hidden.
+_DISTRIBUTED_SHARD_MISTAKES = {
+    "epoch": "That is the order of epoch 0: the order must change every epoch (the generator's seed depends "
+             "on the epoch, which is what sampler.set_epoch sets)",
+    "seed": "That is the order for seed 0: the generator is seeded with seed + epoch, so the seed "
+            "changes the order too",
+    "drop_last": "Those are the indices for drop_last=False: with drop_last=True the order is not padded but "
+                 "cut, so that it divides evenly among the ranks",
+    "length": "The number of indices is wrong: every rank gets as many, from the order padded (or, with "
+              "drop_last=True, cut) to a multiple of world_size; a padding longer than the order repeats "
+              "the order from its start as many times as needed",
+    "block": "That is a contiguous block of the shuffled order; each rank takes every world_size-th position "
+             "of it, from the position equal to its rank",
+}
 
 
 def _distributed_judge_shards(answer: Callable) -> str | None:
@@ -2228,15 +2244,8 @@ def _distributed_judge_shards(answer: Callable) -> str | None:
         if got == want:
             continue
         mistake = _distributed_shard_mistake(got, *case.args, **case.kwargs)
-        if mistake == "epoch":
-            return (f"on {case.label}, got the order of epoch 0: the order must change every epoch (the "
-                    f"generator's seed depends on the epoch, which is what sampler.set_epoch sets)")
-        if mistake == "seed":
-            return (f"on {case.label}, got the order for seed 0: the generator is seeded with seed + "
-                    f"epoch, so the seed changes the order too")
-        if mistake == "drop_last":
-            return (f"on {case.label}, got the indices for drop_last=False: with drop_last=True the order "
-                    f"is not padded but cut, so that it divides evenly among the ranks")
+        if mistake in ("epoch", "seed", "drop_last"):
+            return f"on {case.label}, expected {want}, got {got}. {_DISTRIBUTED_SHARD_MISTAKES[mistake]}"
         if mistake == "length":
             padding = len(want) * world - n
             why = (f": the padding ({padding} indices) is longer than the order ({n}), so the order is "
@@ -2248,21 +2257,6 @@ def _distributed_judge_shards(answer: Callable) -> str | None:
                     f"the positions {rank}, {rank + world}, {rank + 2 * world}, ... of it")
         return f"on {case.label}, expected {want}, got {got}"
     return None
-
-
-_DISTRIBUTED_SHARD_MISTAKES = {  # the mistakes of _distributed_shard_mistake, in words that name no input
-    "epoch": "That is the order of epoch 0: the order must change every epoch (the generator's seed depends "
-             "on the epoch, which is what sampler.set_epoch sets)",
-    "seed": "That is the order for seed 0: the generator is seeded with seed + epoch, so the seed "
-            "changes the order too",
-    "drop_last": "Those are the indices for drop_last=False: with drop_last=True the order is not padded but "
-                 "cut, so that it divides evenly among the ranks",
-    "length": "The number of indices is wrong: every rank gets as many, from the order padded (or, with "
-              "drop_last=True, cut) to a multiple of world_size; a padding longer than the order repeats "
-              "the order from its start as many times as needed",
-    "block": "That is a contiguous block of the shuffled order; each rank takes every world_size-th position "
-             "of it, from the position equal to its rank",
-}
 
 
 def _distributed_shard_explain(got: Any, want: list[int], *args, **kwargs) -> str:

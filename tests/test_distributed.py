@@ -291,11 +291,11 @@ def _shard(n, world, rank, epoch, seed=0, drop_last=False, use_epoch=True, use_d
 def test_shard_exercise_agrees_with_the_sampler_and_names_each_usual_mistake():
     assert judge_answer("distributed.shard_indices", _shard).status == PASSED
     for mistake, message in [
-            ({"use_epoch": False}, "got the order of epoch 0"),
+            ({"use_epoch": False}, "That is the order of epoch 0: the order must change every epoch"),
             ({"pad_once": True}, "on 1 example, 3 ranks, rank 2, epoch 0 (fewer examples than ranks), expected "
                                  "1 index, got 0: the padding (2 indices) is longer than the order (1)"),
-            ({"use_drop_last": False}, "got the indices for drop_last=False: with drop_last=True the order is "
-                                       "not padded but cut"),
+            ({"use_drop_last": False}, "Those are the indices for drop_last=False: with drop_last=True the "
+                                       "order is not padded but cut"),
             ({"block": True}, "got a contiguous block of the shuffled order")]:
         verdict = judge_answer("distributed.shard_indices", lambda *a, m=mistake, **k: _shard(*a, **k, **m))
         assert verdict.status == FAILED and message in verdict.message, verdict.message

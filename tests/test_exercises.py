@@ -411,7 +411,7 @@ def _shards_without_the_seed(num_examples, world_size, rank, epoch, seed=0, drop
     ("dynamic_graph.count_nodes", _nodes_without_the_leaves, "AccumulateGrad nodes included, each once"),
     ("dynamic_graph.count_nodes", _nodes_once_per_path, "That counts a node once for every path"),
     ("optimizers.momentum_step", _momentum_without_dampening, "dampening is ignored"),
-    ("distributed.shard_indices", _shards_without_the_seed, "got the order for seed 0"),
+    ("distributed.shard_indices", _shards_without_the_seed, "That is the order for seed 0"),
 ])
 def test_a_usual_slip_is_named(name, answer, phrase):
     verdict = judge_answer(name, answer)
