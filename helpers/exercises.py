@@ -134,6 +134,11 @@ class _Mismatch(Exception):
     """An answer's result that is not the expected one; the message says how."""
 
 
+class _RightValueWrongType(_Mismatch):
+    """The right value in the wrong type (a float for an int, a tensor for a float): the message
+    says what to return, and no usual mistake is to be looked for."""
+
+
 def _short_numbers(values: Any) -> str:
     """``tolist()`` output with floats to 6 significant digits: a verdict names the largest
     difference itself, so the digits past the sixth only make the message harder to read."""
@@ -203,7 +208,8 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
                     and math.isclose(got, expected.item(), rel_tol=rtol, abs_tol=atol)):
                 right = (": the value is right, but return it as a tensor "
                          "(leave out .item() or float())")
-            raise _Mismatch(f"expected a tensor, got {type(got).__name__} {_describe(got)}{right}")
+            raise (_RightValueWrongType if right else _Mismatch)(
+                f"expected a tensor, got {type(got).__name__} {_describe(got)}{right}")
         if got.shape != expected.shape:
             raise _Mismatch(f"expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}")
         got_f, exp_f = got.detach().double().cpu(), expected.detach().double().cpu()
@@ -238,8 +244,9 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
         if isinstance(got, torch.Tensor) and got.numel() == 1 and got.dtype != torch.bool:
             value = got.item()
             if math.isclose(value, expected, rel_tol=rtol, abs_tol=atol):
-                raise _Mismatch(f"expected the float {expected:.6g}, got {_describe(got)}: the value is "
-                                f"right, but return it as a Python float (.item() or float(...))")
+                raise _RightValueWrongType(f"expected the float {expected:.6g}, got {_describe(got)}: the "
+                                           f"value is right, but return it as a Python float (.item() or "
+                                           f"float(...))")
             got = value
         if isinstance(got, bool) or not isinstance(got, numbers.Real):
             raise _Mismatch(f"expected a number, got {type(got).__name__} {_describe(got)}")
@@ -259,7 +266,7 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
                 compare(g, e, atol, rtol)
             except _Mismatch as err:
                 item = f"item {i} ({names[i]})" if names else f"item {i}"
-                raise _Mismatch(f"{item}: {err}") from None
+                raise type(err)(f"{item}: {err}") from None  # a right value stays one
         return
     if isinstance(expected, int) and not isinstance(expected, bool):
         # A NumPy integer or a 0-d integer tensor is an integer too; a bool or a float is not.
@@ -268,8 +275,8 @@ def compare(got: Any, expected: Any, atol: float = 1e-6, rtol: float = 1e-5) -> 
         if _is_int(got) and int(got) == expected:
             return
         if not isinstance(got, bool) and isinstance(got, (numbers.Real, torch.Tensor)) and _equals(got, expected):
-            raise _Mismatch(f"expected the int {expected}, got {_describe(got)}: the value is right, "
-                            f"but return it as an int (int(...), or // for a division)")
+            raise _RightValueWrongType(f"expected the int {expected}, got {_describe(got)}: the value is "
+                                       f"right, but return it as an int (int(...), or // for a division)")
         if isinstance(got, bool) or (isinstance(got, torch.Tensor) and got.dtype == torch.bool):
             raise _Mismatch(f"expected the int {expected}, got {_describe(got)}: return a number, not a "
                             f"bool (int(...) turns True into 1; sum(...) counts the Trues)")
@@ -451,8 +458,9 @@ def _first_mismatch(answer: Callable, cases: list[Case], expected: Callable,
         try:
             compare(got, want, atol, rtol)
         except _Mismatch as mismatch:
-            try:
-                explanation = explain(got, want, *case.args, **case.kwargs) if explain else ""
+            try:  # a right value in the wrong type has no mistake behind it to name
+                explanation = (explain(got, want, *case.args, **case.kwargs)
+                               if explain and not isinstance(mismatch, _RightValueWrongType) else "")
             except Exception:  # a mistake-finder that cannot read this answer explains nothing
                 explanation = ""
             return case, str(mismatch), explanation
@@ -1607,8 +1615,6 @@ def _training_mean_loss_mistake(got: Any, want: float, model, loader, loss_fn) -
     """Name the usual mistake behind a wrong mean loss, or return ''; it names no input."""
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
-    if isinstance(got, float) and math.isclose(got, want, rel_tol=1e-5):
-        return ""  # the right value, in a tensor: compare() has said to return a float
     if isinstance(got, float) and math.isclose(got, _training_mean_of_batch_means(model, loader, loss_fn),
                                                rel_tol=1e-5):
         return ("That is the mean of the batch means, which gives a smaller last batch as much weight as a "
@@ -2474,8 +2480,8 @@ def _evaluation_macro_f1_mistake(got: Any, want: float, y_true, y_pred, num_clas
 
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
-    if isinstance(got, bool) or not isinstance(got, (int, float)) or math.isclose(got, want, rel_tol=1e-6):
-        return ""  # not a number, or the right one in a tensor: compare() has said what is wrong
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        return ""
     confusion = confusion_matrix(y_true, y_pred, num_classes)
     f1 = f1_score(confusion).double()
     support = confusion.sum(dim=1).double()
