@@ -12,3 +12,12 @@ os.environ.setdefault("COURSE_EXECUTING", "1")
 # workers), whatever copy of the package the environment has installed.
 ROOT = Path(__file__).resolve().parent
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
+def pytest_configure(config):
+    # The sanitize file in pyproject.toml's addopts is relative to the repository's root, but nbval
+    # opens it from the folder pytest was started in: make it absolute, so that a notebook can be
+    # tested from anywhere (`cd book && python -m pytest losses.ipynb`).
+    sanitize = getattr(config.option, "nbval_sanitize_with", None)
+    if sanitize and not Path(sanitize).is_absolute():
+        config.option.nbval_sanitize_with = str(ROOT / sanitize)

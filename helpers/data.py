@@ -349,9 +349,9 @@ def split_train_validation(dataset: Dataset, validation_size: int, seed: int = 0
 
 
 # The chapter's two datasets for watching worker processes. They live in this module, not in a
-# notebook cell, because a DataLoader worker on macOS or Windows is a fresh Python process
-# (started with "spawn"): it can import a class from a module, but it cannot find one that a
-# notebook cell defined.
+# notebook cell, because a DataLoader worker on macOS or Windows, or on Linux from Python 3.14,
+# starts as a fresh Python process ("spawn", "forkserver"): it can import a class from a module,
+# but it cannot find one that a notebook cell defined.
 
 
 class WhoLoadedMe(Dataset):

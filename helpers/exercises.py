@@ -83,8 +83,10 @@ class Exercise:
     message, or None when the answer is right, for answers that are not pure functions. ``hidden``,
     if given, runs after either has passed. ``forbids``,
     ``([(owner, attribute, shown name), ...], rule)``, makes those functions raise while the answer
-    runs, for an exercise whose text rules them out: public functions that PyTorch dispatches
-    (``torch.nn.functional.l1_loss``), not the ``torch._C`` functions they call.
+    runs, for an exercise whose text rules them out: public functions of PyTorch
+    (``torch.nn.functional.l1_loss``), not the ``torch._C`` functions they call, and the course's
+    own (``("helpers.metrics", "recall", ...)``), which the checks themselves may still call (see
+    ``_forbidding``).
     """
 
     name: str  # "<chapter notebook>.<what>", e.g. "dynamic_graph.count_nodes"
@@ -349,21 +351,59 @@ class _RuleBroken(Exception):
 
 def _forbidding(answer: Callable, calls: list[tuple[Any, str, str]], rule: str) -> Callable:
     """``answer``, run while each ``(owner, attribute, shown name)`` of ``calls`` raises instead.
-    A TorchFunctionMode sees the call whatever name the answer reached it by (``from torch.autograd
-    import grad``), and only in this thread: nothing is patched."""
+
+    ``owner`` is a module, a class, or a module's dotted name (imported only when an answer is
+    judged: the course's helpers load matplotlib). The call is seen whatever name the answer
+    reached the function by (``from helpers.metrics import recall``), and only in this thread:
+    nothing is patched. A function of PyTorch's that it dispatches (``torch.log_softmax``) is
+    refused by a TorchFunctionMode; one written in Python (``F.cross_entropy``, the course's
+    helpers) by a profile hook, when its code starts to run; a class (``DistributedSampler``)
+    when it is created. An answer that catches the error and goes on is refused all the same.
+    """
+    import importlib
+    import inspect
+    import sys
+
     from torch.overrides import TorchFunctionMode
 
-    refused = {getattr(owner, attribute): shown for owner, attribute, shown in calls}
+    refused, codes, called = {}, {}, []
+    for owner, attribute, shown in calls:
+        if isinstance(owner, str):
+            owner = importlib.import_module(owner)
+        function = getattr(owner, attribute)
+        refused[function] = shown
+        if inspect.isclass(function):
+            function = function.__init__
+        code = getattr(inspect.unwrap(function), "__code__", None)
+        if code is not None:
+            codes[code] = shown
+
+    def refuse(shown: str):
+        called.append(shown)
+        raise _RuleBroken(f"{rule}, but the answer called {shown}")
 
     class Refusing(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             if func in refused:
-                raise _RuleBroken(f"{rule}, but the answer called {refused[func]}")
+                refuse(refused[func])
             return func(*args, **(kwargs or {}))
 
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code in codes:
+            refuse(codes[frame.f_code])
+
     def run(*args, **kwargs):
-        with Refusing():
-            return answer(*args, **kwargs)
+        previous = sys.getprofile()
+        if codes:
+            sys.setprofile(profile)
+        try:
+            with Refusing():
+                result = answer(*args, **kwargs)
+        finally:
+            sys.setprofile(previous)
+        if called:  # the answer caught the error and went on
+            raise _RuleBroken(f"{rule}, but the answer called {called[0]}")
+        return result
     return run
 
 
@@ -691,6 +731,9 @@ register(Exercise(
     explain=_count_nodes_explain,
     hidden=HiddenCases(_graph_hidden_cases, _count_graph_nodes, rule="any graph",
                        explain=_count_nodes_explain),
+    # The chapter shows len(backward_graph(t)[0]): the exercise is the walk that function does.
+    forbids=([("helpers.graphs", "backward_graph", "helpers.graphs.backward_graph")],
+             "the exercise asks for your own walk of the graph, without helpers.graphs.backward_graph"),
 ))
 
 
@@ -750,6 +793,63 @@ def _losses_hidden(draw: Callable[[torch.Generator], list[Case]], expected: Call
     return HiddenCases(draw, expected, rule, first_matching(mistakes), atol=1e-5, rtol=1e-5)
 
 
+def _not_connected(whose: str) -> str:
+    return (f"the values are right, but the result is not connected to {whose} graph (was .item(), "
+            f".detach(), NumPy or a new torch.tensor(...) used?), so no gradient can flow back through it")
+
+
+_NOT_CONNECTED = _not_connected("the logits'")
+
+
+def _rounded(values: Any) -> Any:
+    """A tensor's values as lists of floats to 4 decimals, for a message."""
+    values = values.tolist() if isinstance(values, torch.Tensor) else values
+    return [_rounded(v) for v in values] if isinstance(values, list) else round(values, 4)
+
+
+def _gradient_of_answer(answer: Callable, described: str, what: str, values: list, others: tuple,
+                        reference: Callable, weight: list | None = None, seen: str = "") -> str | None:
+    """Once the values are right: the answer run on ``values`` as a model's output is given, a
+    tensor that requires a gradient and is not a leaf, then on ``others``. Its result must leave
+    that input as it was, be connected to its graph, and give ``reference``'s gradient: of the
+    result itself, or of ``(result * weight).sum()`` (which ``seen`` describes) for a result of
+    many numbers. ``what`` names the input ("the logits"). A failure message, or None."""
+    leaf = torch.tensor(values, requires_grad=True)
+    given = leaf * 1  # not a leaf, as model(x) is: autograd may need it as it was
+    version = given._version
+    try:
+        got = call_answer(answer, described, given, *map(_fresh, others))
+    except _AnswerFailed as failure:
+        if "numpy()" not in str(failure.__cause__):
+            raise
+        return (f"{failure}: a loss must be computed with PyTorch's operations, which autograd follows "
+                f"to the gradient; NumPy's give none, and neither does .detach().numpy()")
+    if given._version != version:
+        return (f"on {described}, the answer changed {what} in place (with -=, += or a method ending "
+                f"in _): that overwrites the caller's tensor, a model's output which backward() may "
+                f"still need. Compute new tensors instead (z = z - m, not z -= m)")
+    checked_leaf = torch.tensor(values, requires_grad=True)
+    want = reference(checked_leaf * 1, *others)
+    try:
+        compare(got, want, atol=1e-5, rtol=1e-5)
+    except _Mismatch as mismatch:
+        return f"on {described}, {mismatch}"
+    whose = what + ("'" if what.endswith("s") else "'s")
+    if got.grad_fn is None:
+        return _not_connected(whose)
+    seed = torch.ones(()) if weight is None else torch.tensor(weight)
+    (want * seed).sum().backward()
+    backward_of_answer((got * seed).sum(), described)
+    if leaf.grad is not None and torch.allclose(leaf.grad, checked_leaf.grad, atol=1e-6, rtol=1e-5):
+        return None
+    if leaf.grad is None:
+        return (f"the values are right, but on {described} no gradient reaches {what}: the result "
+                f"was computed from a copy of them (torch.tensor(...), .detach() or NumPy), not from "
+                f"the tensor itself")
+    return (f"the values are right, but on {described} the gradient{seen} with respect to {what} is "
+            f"{_rounded(leaf.grad)}, not {_rounded(checked_leaf.grad)}")
+
+
 def _losses_mse_cases() -> list[Case]:
     gen = torch.Generator().manual_seed(0)
     return [
@@ -794,6 +894,15 @@ _LOSSES_MSE_MISTAKES = [
 ]
 
 
+def _losses_mse_gradient(answer: Callable) -> str | None:
+    """Once the values are right: the gradient 2 (prediction - target) / N, through a prediction
+    that is a model's output, left as it was."""
+    values, target = [[0.5, -1.0], [2.0, 0.0]], [[1.0, 1.0], [0.0, 0.5]]
+    return _gradient_of_answer(answer, f"a prediction {values} that requires a gradient (a model's output) "
+                               f"and target {target}", "the prediction", values, (torch.tensor(target),),
+                               _losses_true_mse)
+
+
 register(Exercise(
     name="losses.mean_squared_error",
     title="Write the mean squared error",
@@ -801,7 +910,8 @@ register(Exercise(
     minutes=5,
     hint="the equation of the section \"Mean squared error\": N counts every element of the "
          "tensors, not only their rows (see Tensor.mean and Tensor.numel).",
-    judge=_losses_judge(_losses_mse_cases, _losses_true_mse, _LOSSES_MSE_MISTAKES),
+    judge=_losses_judge(_losses_mse_cases, _losses_true_mse, _LOSSES_MSE_MISTAKES,
+                        then=_losses_mse_gradient),
     hidden=_losses_hidden(_losses_hidden_mse, _losses_true_mse, _LOSSES_MSE_MISTAKES,
                           "any prediction and target of the same shape"),
 ))
@@ -823,11 +933,6 @@ def _losses_bce_cases() -> list[Case]:
 def _losses_capped(got, want, logits, targets) -> bool:
     return (logits.abs().max().item() >= 100 and isinstance(got, torch.Tensor)
             and bool(torch.isfinite(got).all()) and got.sum().item() < 0.99 * want.sum().item())
-
-
-_NOT_CONNECTED = ("the values are right, but the result is not connected to the logits' graph (was "
-                  ".item(), .detach() or a new torch.tensor(...) used?), so no gradient can flow back "
-                  "through it")
 
 
 def _losses_bce_gradient(answer: Callable) -> str | None:
@@ -931,6 +1036,23 @@ def _log_softmax_reshapes_rows(got, want, logits) -> bool:
     return shift is not None and not _log_softmax_one_shift_per_row(shift, logits)
 
 
+def _losses_log_softmax_gradient(answer: Callable) -> str | None:
+    """Once the values are right: the gradient of two picked log-probabilities, through logits
+    that are a model's output, left as they were."""
+    values = [[1000.0, 0.0, -1000.0], [1.0, 2.0, 3.0]]
+    return _gradient_of_answer(answer, f"logits {values} that require a gradient (a model's output)",
+                               "the logits", values, (), lambda z: torch.log_softmax(z, dim=-1),
+                               weight=[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+                               seen=" of log_p[0, 0] + log_p[1, 2]")
+
+
+# PyTorch's log-softmax, under each of its names: the exercise asks for it written out.
+_LOG_SOFTMAX_ITSELF = [(torch, "log_softmax", "torch.log_softmax"),
+                       (torch.nn.functional, "log_softmax", "F.log_softmax"),
+                       (torch.special, "log_softmax", "torch.special.log_softmax"),
+                       (torch.Tensor, "log_softmax", "Tensor.log_softmax")]
+
+
 register(Exercise(
     name="losses.log_softmax",
     title="Write a log-softmax that does not overflow",
@@ -968,7 +1090,9 @@ register(Exercise(
          "log_softmax(z) is z minus one number per row, so the differences between a row's "
          "logits stay as they were; in yours they change: subtract only things computed per row "
          "along the last dimension (dim=-1, keepdim=True), from every logit of that row."),
-    ]),
+    ], then=_losses_log_softmax_gradient),
+    forbids=(_LOG_SOFTMAX_ITSELF, "the exercise asks for the log-softmax written out, with the maximum "
+                                  "subtracted, not computed by PyTorch's own"),
 ))
 
 
@@ -1125,8 +1249,8 @@ def _torch_adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9
 
 
 def _adam_variant(bias_correct_m=True, bias_correct_v=True, eps_inside_sqrt=False,
-                  decoupled_decay=False, ignore_decay=False, uphill=False, next_step=False,
-                  keeps_corrected=False):
+                  eps_squared_inside_sqrt=False, decoupled_decay=False, ignore_decay=False, uphill=False,
+                  next_step=False, keeps_corrected=False):
     """Adam written with one of the usual slips, to recognise it in an answer."""
     def step_(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
               weight_decay=0.0):
@@ -1142,7 +1266,10 @@ def _adam_variant(bias_correct_m=True, bias_correct_v=True, eps_inside_sqrt=Fals
         t = step + 1 if next_step else step
         m_hat = m / (1 - beta1**t) if bias_correct_m else m
         v_hat = v / (1 - beta2**t) if bias_correct_v else v
-        denominator = (v_hat + eps).sqrt() if eps_inside_sqrt else v_hat.sqrt() + eps
+        if eps_inside_sqrt or eps_squared_inside_sqrt:
+            denominator = (v_hat + (eps if eps_inside_sqrt else eps**2)).sqrt()
+        else:
+            denominator = v_hat.sqrt() + eps
         update = lr * m_hat / denominator
         new_param = param + update if uphill else param - update
         return (new_param, m_hat, v_hat) if keeps_corrected else (new_param, m, v)
@@ -1160,8 +1287,10 @@ def _adam_cases() -> list[Case]:
         Case((param, grad, exp_avg, exp_avg_sq, 3), "step=3 with non-zero averages"),
         Case((param, grad, exp_avg, exp_avg_sq, 2), "step=2, lr=0.1, betas=(0.5, 0.9)",
              dict(lr=0.1, betas=(0.5, 0.9))),
-        Case((param, torch.tensor([0.0, 1e-9, -1e-9, 2.0], dtype=torch.float64), zeros, zeros, 1),
-             "a gradient with zero and tiny entries, eps=1e-6", dict(eps=1e-6)),
+        # An entry of the size of eps tells sqrt(v_hat) + eps from sqrt(v_hat + eps**2).
+        Case((param, torch.tensor([0.0, 1e-9, -1e-6, 2.0], dtype=torch.float64), zeros, zeros, 1),
+             "a gradient [0.0, 1e-09, -1e-06, 2.0] (zero, tiny and eps-sized entries), eps=1e-6",
+             dict(eps=1e-6)),
         Case((param, grad, exp_avg, exp_avg_sq, 3), "step=3, lr=0.1, weight_decay=0.5",
              dict(lr=0.1, weight_decay=0.5)),
     ]
@@ -1178,6 +1307,9 @@ _ADAM_SLIPS = [
     (_adam_variant(eps_inside_sqrt=True),
      "eps belongs outside the square root: the denominator is sqrt(v_hat) + eps, not "
      "sqrt(v_hat + eps)."),
+    (_adam_variant(eps_squared_inside_sqrt=True),
+     "eps belongs outside the square root: the denominator is sqrt(v_hat) + eps, not "
+     "sqrt(v_hat + eps**2), which differs where a gradient entry is about eps in size or smaller."),
     (_adam_variant(decoupled_decay=True),
      "That is AdamW's decoupled decay: torch.optim.Adam's weight_decay is an L2 penalty, "
      "added to the gradient (grad + weight_decay * param) before the averages."),
@@ -1197,7 +1329,7 @@ _ADAM_SLIPS = [
 
 
 def _optimizer_judge(cases: Callable[[], list[Case]], step: Callable, slips, parts: tuple[str, ...],
-                     atol=1e-9, rtol=1e-7):
+                     atol=1e-9, rtol=1e-7, then: Callable[[Callable], str | None] | None = None):
     """A judge of one optimizer step against ``step`` (PyTorch's); a wrong result is compared with
     each of the usual ``slips`` (the same step written with one mistake), and a match is named."""
     def explain(got, want, *args, **kwargs) -> str:
@@ -1209,7 +1341,7 @@ def _optimizer_judge(cases: Callable[[], list[Case]], step: Callable, slips, par
             return explanation
         return ""
     return judge_cases(cases, lambda *args, **kwargs: _parts(parts, step(*args, **kwargs)), explain,
-                       atol=atol, rtol=rtol)
+                       atol=atol, rtol=rtol, then=then)
 
 
 register(Exercise(
@@ -1299,6 +1431,23 @@ _MOMENTUM_SLIPS = [
      "where b is the buffer after the update."),
 ]
 
+
+def _momentum_buffer_is_its_own(answer: Callable) -> str | None:
+    """Once the steps are right: the first step's buffer must be a copy of the gradient, as
+    PyTorch's is, not the gradient tensor, which zero_grad() or the next backward() changes in
+    place."""
+    param, grad = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.3, -0.2, 0.1])
+    label = "the first step (buffer=None), lr=0.1, momentum=0.9"
+    _, buffer = call_answer(answer, label, param, grad, None, 0.1, 0.9)
+    kept = buffer.detach().clone()
+    grad.zero_()  # what optimizer.zero_grad(set_to_none=False) does to .grad
+    if not torch.equal(buffer, kept):
+        return (f"on {label}, the new buffer is the gradient tensor itself, not a copy: zero_grad() or "
+                f"the next backward(), which change .grad in place, would change the buffer too. Start "
+                f"it as grad.clone(), as torch.optim.SGD does")
+    return None
+
+
 register(Exercise(
     name="optimizers.momentum_step",
     title="One step of SGD with momentum, PyTorch's form",
@@ -1308,7 +1457,7 @@ register(Exercise(
          "first step and dampening are described at the end of that section), and PyTorch's "
          "form of \"Nesterov momentum\".",
     judge=_optimizer_judge(_momentum_cases, _torch_momentum_step, _MOMENTUM_SLIPS,
-                           ("the new param", "the new buffer")),
+                           ("the new param", "the new buffer"), then=_momentum_buffer_is_its_own),
 ))
 
 
@@ -1439,6 +1588,10 @@ register(Exercise(
     judge=judge_cases(_data_stats_cases, _data_true_stats, _data_stats_mistake, atol=1e-5, rtol=1e-4),
     hidden=HiddenCases(_data_hidden_images, _data_true_stats, explain=_data_stats_mistake, atol=1e-5, rtol=1e-4,
                        rule="any number and size of images"),
+    forbids=([("helpers.fast", "channel_stats", "helpers.fast.channel_stats"),
+              ("helpers.data", "channel_mean_std", "helpers.data.channel_mean_std")],
+             "the exercise asks for the statistics computed from the tensor, without the course's own "
+             "functions that compute them"),
 ))
 
 
@@ -1619,10 +1772,20 @@ def _training_mean_loss_mistake(got: Any, want: float, model, loader, loss_fn) -
                                                rel_tol=1e-5):
         return ("That is the mean of the batch means, which gives a smaller last batch as much weight as a "
                 "full one: weight each batch's mean loss by its size and divide by the number of examples")
-    per_batch = want * len(loader.dataset) / len(loader)  # the sum of the losses / the batches
-    if isinstance(got, float) and math.isclose(got, per_batch, rel_tol=1e-5):
+    losses = _training_batch_losses(model, loader, loss_fn)
+    total, seen = sum(loss * size for loss, size in losses), sum(size for _, size in losses)
+    if isinstance(got, float) and math.isclose(got, total / len(loader), rel_tol=1e-5):
         return ("That divides the sum of the losses by the number of batches, len(loader): divide by "
                 "the number of examples")
+    if (isinstance(got, float) and seen != len(loader.dataset)
+            and math.isclose(got, total / len(loader.dataset), rel_tol=1e-5)):
+        return ("That divides by len(loader.dataset), but a loader need not give every example of its "
+                "dataset (drop_last=True leaves out a last, smaller batch; a sampler may take a part): "
+                "divide by the number of examples in the batches themselves")
+    plain = torch.nn.CrossEntropyLoss()
+    if (getattr(loss_fn, "label_smoothing", None) != 0.0 and isinstance(got, float)
+            and math.isclose(got, _training_true_mean_loss(model, loader, plain), rel_tol=1e-5)):
+        return "That is the mean cross-entropy, whatever loss_fn is: compute each batch's loss with loss_fn"
     return ""
 
 
@@ -1643,9 +1806,17 @@ def _training_hidden_mean_losses(generator: torch.Generator) -> list[Case]:
         inputs = torch.randn(num_samples, features, generator=generator)
         targets = torch.randint(0, classes, (num_samples,), generator=generator)
         loader = DataLoader(TensorDataset(inputs, targets), batch_size=batch_size)
-        cases.append(Case((model, loader, torch.nn.CrossEntropyLoss()),
-                          f"a model of {features} inputs and {classes} classes, {num_samples} examples in "
-                          f"batches of {batch_size}"))
+        # Every other loss is not plain cross-entropy: an answer must call the loss_fn it is given.
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.2 if len(cases) % 2 else 0.0)
+        cases.append(Case((model, loader, loss_fn), f"a model of {features} inputs and {classes} classes, "
+                          f"{num_samples} examples in batches of {batch_size}"))
+    # Loaders that give only part of their dataset, with the last model: 10 examples in batches of
+    # 4 cut by drop_last to 8, and every other example of the 10.
+    dataset = TensorDataset(torch.randn(10, features, generator=generator),
+                            torch.randint(0, classes, (10,), generator=generator))
+    for loader, which in ((DataLoader(dataset, batch_size=4, drop_last=True), "drop_last=True"),
+                          (DataLoader(dataset, batch_size=4, sampler=range(0, 10, 2)), "a sampler")):
+        cases.append(Case((model, loader, torch.nn.CrossEntropyLoss()), f"the last model, with {which}"))
     return cases
 
 
@@ -1687,6 +1858,10 @@ def _training_judge_mean_loss(answer: Callable) -> str | None:
                 f"switches them back on at its end")
     if not model.training:
         return f"on {label}, the model was left in eval mode: put it back with model.train() at the end"
+    if loss_fn.reduction != "mean":
+        return (f"on {label}, loss_fn.reduction was left at {loss_fn.reduction!r}: the caller's loss "
+                f"function is changed for good, and training with it afterwards would not average. Leave "
+                f"loss_fn as it is, and multiply each batch's mean loss by the batch's size")
     if math.isclose(got, mean_of_batch_means, rel_tol=1e-5) and not math.isclose(got, want, rel_tol=1e-5):
         return (f"on {label}, expected {want:.6g}, got {got:.6g}: that is the mean of the three batch "
                 f"means, which gives the last batch of 2 as much weight as the batches of 4. Weight "
@@ -1919,7 +2094,12 @@ def _logistic_explain(got, want, X, t, w, b) -> str:
         except Exception:  # not this slip
             continue
         return explanation
-    return ""
+    try:  # within a millionth, but not within float64's rounding: estimated, not derived
+        compare(got, want, 1e-6, 1e-4)
+    except Exception:
+        return ""
+    return ("Those are close to the gradients but not equal to them, as finite differences give: "
+            "derive the formula with the chain rule, which is exact up to float64's rounding.")
 
 
 register(Exercise(
@@ -1934,11 +2114,14 @@ register(Exercise(
     cases=_logistic_cases,
     expected=_logistic_grad_by_autograd,
     explain=_logistic_explain,
-    atol=1e-9,
-    rtol=1e-7,
+    # float64 rounding: a formula is exact to about 1e-16, finite differences only to about 1e-10.
+    atol=1e-12,
+    rtol=1e-10,
     forbids=([(torch.autograd, "grad", "torch.autograd.grad"),
               (torch.autograd, "backward", "backward()"),
-              (torch.Tensor, "backward", "backward()")],
+              (torch.Tensor, "backward", "backward()"),
+              # torch.func.jacfwd and torch.autograd.forward_ad make dual numbers with it.
+              (torch, "_make_dual", "forward-mode autograd")],
              "the exercise asks for the gradient by hand, without autograd"),
 ))
 
@@ -1981,7 +2164,35 @@ def _fast_hidden_smoothing(generator: torch.Generator) -> list[Case]:
         targets[~left_out & (targets == ignore_index)] = (ignore_index + 1) % classes
         cases.append(Case((logits, targets, smoothing, ignore_index), f"{n} rows of {classes} logits with "
                           f"smoothing {smoothing}, ignore_index={ignore_index} and targets {targets.tolist()}"))
+    # Logits as large as a confident model's: exp overflows unless each row is shifted first.
+    large = torch.tensor([[100.0, 0.0, -100.0], [0.0, 1000.0, -1000.0]])
+    cases.append(Case((large, torch.tensor([2, 1]), 0.1, -100), "2 rows of 3 large logits"))
     return cases
+
+
+def _fast_large_logits_mistake(got: Any, want: torch.Tensor, logits, targets, smoothing,
+                               ignore_index=-100) -> str:
+    """On logits of 100 or more, a wrong result is the usual overflow (or a log(p + eps)), which
+    a hidden case's failure may name: it says nothing of the case but that its logits are large."""
+    if logits.abs().max() < 100:
+        return ""
+    return ("On large logits (a hundred or more, as a confident model gives), exp(z) overflows to inf "
+            "in float32, and a probability that rounds to 0 makes log(p) -inf, or log(p + eps) far "
+            "too small: compute the log-probabilities with a log-softmax, which subtracts each row's "
+            "maximum first (F.log_softmax does)")
+
+
+def _fast_smoothing_gradient(answer: Callable) -> str | None:
+    """Once the values are right: the gradient of the smoothed loss, 0 on an ignored row, through
+    logits that are a model's output, left as they were."""
+    import torch.nn.functional as F
+
+    values = [[2.0, -1.0, 0.5, 0.0], [0.3, 0.0, -0.2, 1.0], [1.0, 3.0, -2.0, 0.5]]
+    targets, smoothing = torch.tensor([1, -100, 3]), 0.2
+    return _gradient_of_answer(
+        answer, f"logits {values} that require a gradient (a model's output), targets {targets.tolist()} "
+                f"and smoothing {smoothing}", "the logits", values, (targets, smoothing, -100),
+        lambda z, y, s, i: F.cross_entropy(z, y, label_smoothing=s, ignore_index=i))
 
 
 def _fast_true_smoothing(logits, targets, smoothing, ignore_index=-100) -> torch.Tensor:
@@ -2034,12 +2245,15 @@ register(Exercise(
          "of every row. Decide first which rows count, with a boolean mask of the targets that are "
          "not ignore_index, and use only those rows (F.one_hot refuses a target of -100); the mean "
          "is over them alone.",
-    judge=judge_cases(_fast_smoothing_cases, _fast_true_smoothing, _fast_smoothing_mistake),
-    # nn.CrossEntropyLoss calls F.cross_entropy too, so it is refused as well.
-    forbids=([(torch.nn.functional, "cross_entropy", "F.cross_entropy")],
+    judge=judge_cases(_fast_smoothing_cases, _fast_true_smoothing, _fast_smoothing_mistake,
+                      then=_fast_smoothing_gradient),
+    # nn.CrossEntropyLoss calls F.cross_entropy too, so it is refused as well; so is the course's
+    # own cross-entropy, which takes label_smoothing.
+    forbids=([(torch.nn.functional, "cross_entropy", "F.cross_entropy"),
+              ("helpers.losses", "cross_entropy", "helpers.losses.cross_entropy")],
              "the exercise asks for the loss without calling F.cross_entropy"),
-    # Without an explain: _fast_smoothing_mistake names the numbers of rows and classes of the case.
-    hidden=HiddenCases(_fast_hidden_smoothing, _fast_true_smoothing,
+    # Not _fast_smoothing_mistake: it names the numbers of rows and classes of the case.
+    hidden=HiddenCases(_fast_hidden_smoothing, _fast_true_smoothing, explain=_fast_large_logits_mistake,
                        rule="any logits, targets, smoothing and ignore_index"),
 ))
 
@@ -2152,6 +2366,9 @@ register(Exercise(
          "for the rows and one for the columns, shaped so that they broadcast to (N, H, W), and a "
          "slice for the channels. Then look at where the channels end up in the result.",
     judge=judge_cases(_fast_crop_cases, _fast_true_crop, _fast_crop_mistake, then=_fast_crop_in_one_go),
+    forbids=([("helpers.fast", "crop_at", "helpers.fast.crop_at"),
+              ("helpers.fast", "_crop", "helpers.fast._crop")],
+             "the exercise asks for the gather written out, without helpers.fast.crop_at, which does it"),
 ))
 
 
@@ -2243,7 +2460,15 @@ def _distributed_judge_shards(answer: Callable) -> str | None:
     for case in _distributed_shard_cases():
         n, world, rank, _ = case.args
         want = _distributed_sampler_indices(*case.args, **case.kwargs)
+        state = torch.random.get_rng_state()
         got = call_answer(answer, case.label, *case.args, **case.kwargs)
+        if not torch.equal(torch.random.get_rng_state(), state):
+            torch.random.set_rng_state(state)  # the learner's notebook gets its own back
+            return (f"on {case.label}, the answer changed PyTorch's global random state (torch.manual_seed, "
+                    f"or a draw such as torch.randperm without generator=): the dropout and shuffling "
+                    f"of the training that follows would change with it, and a run could no longer be "
+                    f"repeated. Draw the order from a generator of its own, seeded with seed + epoch, "
+                    f"as DistributedSampler does")
         if not isinstance(got, list) or not all(_is_int(i) for i in got):
             return f"on {case.label}, expected a list of ints, got {_describe(got)}"
         got = [int(i) for i in got]  # a NumPy or 0-d tensor integer is an int too
@@ -2280,6 +2505,8 @@ register(Exercise(
          "drop_last=False, and the paragraph on drop_last after it says what drop_last=True changes. "
          "Try your function with fewer examples than ranks, and compare with DistributedSampler.",
     judge=_distributed_judge_shards,
+    forbids=([("torch.utils.data.distributed", "DistributedSampler", "DistributedSampler")],
+             "the exercise asks for the indices worked out by hand, without DistributedSampler"),
     hidden=HiddenCases(_distributed_hidden_shards, _distributed_sampler_indices, explain=_distributed_shard_explain,
                        rule="any number of examples and of ranks, any rank, epoch and seed, with and without "
                             "drop_last"),
@@ -2289,17 +2516,25 @@ register(Exercise(
 def _distributed_judge_accumulation(answer: Callable) -> str | None:
     import copy
 
-    generator = torch.Generator().manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    generator = torch.Generator().manual_seed(0)  # the learner's global random state is left alone
+    model = torch.nn.Sequential(torch.nn.utils.skip_init(torch.nn.Linear, 4, 8), torch.nn.Tanh(),
+                                torch.nn.utils.skip_init(torch.nn.Linear, 8, 3))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=generator))
     inputs, targets = torch.randn(12, 4, generator=generator), torch.randint(0, 3, (12,), generator=generator)
-    loss_fn = torch.nn.CrossEntropyLoss()
     reference = copy.deepcopy(model)
-    want = torch.autograd.grad(loss_fn(reference(inputs), targets), list(reference.parameters()))
-    for micro_batches in (3, 4):
-        label = f"12 examples in {micro_batches} micro-batches of {12 // micro_batches}"
+
+    def gradients(loss_fn, size: int = 12) -> list[torch.Tensor]:  # of the last `size` examples' mean loss
+        loss = loss_fn(reference(inputs[-size:]), targets[-size:])
+        return list(torch.autograd.grad(loss, list(reference.parameters())))
+
+    # The second round's loss is not plain cross-entropy: an answer must use the loss_fn it is given.
+    for micro_batches, loss_fn, which in ((3, torch.nn.CrossEntropyLoss(), ""),
+                                          (4, torch.nn.CrossEntropyLoss(label_smoothing=0.1),
+                                           ", with loss_fn = CrossEntropyLoss(label_smoothing=0.1)")):
+        label = f"12 examples in {micro_batches} micro-batches of {12 // micro_batches}{which}"
+        want = gradients(loss_fn)
         for p in model.parameters():  # stale gradients from an earlier step
             p.grad = torch.ones_like(p)
         seen = []  # the batch size of every forward pass the answer trains through
@@ -2345,8 +2580,19 @@ def _distributed_judge_accumulation(answer: Callable) -> str | None:
             except _Mismatch:
                 return False
 
-        if gives(list(want)):
+        if gives(want):
+            kept = [g.detach().clone() for g in got]
+            for p in model.parameters():  # what the next zero_grad(set_to_none=False) does
+                if p.grad is not None:
+                    p.grad.zero_()
+            if not all(torch.equal(g, k) for g, k in zip(got, kept)):
+                return (f"on {label}, the gradients returned are the model's own .grad tensors, not "
+                        f"copies: the next zero_grad() or backward() changes them in place, and the "
+                        f"list returned with them. Return copies (p.grad.clone())")
             continue
+        if which and gives(gradients(torch.nn.CrossEntropyLoss()), atol=1e-5):
+            return (f"on {label}, those are the gradients of the plain cross-entropy, not of the loss_fn "
+                    f"given: compute each micro-batch's loss with loss_fn")
         if gives([micro_batches * w for w in want], atol=1e-5):
             return (f"on {label}, the gradients are {micro_batches} times too large: each micro-batch's "
                     f"loss is already a mean, so divide it by the number of micro-batches before "
@@ -2354,10 +2600,8 @@ def _distributed_judge_accumulation(answer: Callable) -> str | None:
         if gives([w + 1 for w in want], atol=1e-5):
             return (f"on {label}, the gradients include the ones left from an earlier step: backward() "
                     f"adds to .grad, so zero it first (model.zero_grad())")
-        size = 12 // micro_batches
-        last_loss = loss_fn(reference(inputs[-size:]), targets[-size:]) / micro_batches
-        last = torch.autograd.grad(last_loss, list(reference.parameters()))
-        if gives(list(last), atol=1e-5):
+        last = [g / micro_batches for g in gradients(loss_fn, 12 // micro_batches)]
+        if gives(last, atol=1e-5):
             return (f"on {label}, only the last micro-batch's gradient is left: the gradients were "
                     f"zeroed inside the loop. Zero them once, before it")
         try:
@@ -2435,6 +2679,10 @@ register(Exercise(
          "or a column that counts the examples of a class? \"A class that is never predicted\" says what a "
          "class without examples gets; torch.where can choose between two results element by element.",
     judge=judge_cases(_evaluation_confusions, _evaluation_true_recall, _evaluation_recall_mistake),
+    # precision(confusion.T) is the recall too.
+    forbids=([("helpers.metrics", "recall", "helpers.metrics.recall"),
+              ("helpers.metrics", "precision", "helpers.metrics.precision")],
+             "the exercise asks for the recall computed from the matrix, without helpers.metrics"),
 ))
 
 
@@ -2559,15 +2807,16 @@ def _evaluation_curves() -> list[Case]:
 
 
 def _evaluation_stopping(val_losses, patience: int, ties_improve: bool = False,
-                         never_reset: bool = False) -> tuple[int, int]:
+                         never_reset: bool = False, min_delta: float = 0.0) -> tuple[int, int]:
     """(the epoch whose weights early stopping keeps, the epoch after which it stops), 1-based.
 
     ``ties_improve=True`` is the usual mistake of counting a loss equal to the best as a new best;
-    ``never_reset=True`` that of a count of epochs without improvement not reset by an improvement.
+    ``never_reset=True`` that of a count of epochs without improvement not reset by an improvement;
+    ``min_delta > 0`` that of asking an improvement to be larger than that.
     """
     best, best_epoch, waited = math.inf, 0, 0
     for epoch, loss in enumerate(val_losses, start=1):
-        if loss < best or (ties_improve and loss == best):
+        if loss < best - min_delta or (ties_improve and loss == best):
             best, best_epoch, waited = loss, epoch, waited if never_reset else 0
         else:
             waited += 1
@@ -2589,6 +2838,9 @@ def _evaluation_hidden_curves(generator: torch.Generator) -> list[Case]:
         steps = 0.05 * torch.randn(epochs, generator=generator, dtype=torch.float64) - 0.01
         losses = [round(loss, 2) for loss in (1.0 + steps.cumsum(0)).clamp_min(0.01).tolist()]
         cases.append(Case((losses, patience), f"losses {losses} with patience {patience}"))
+    # An improvement much smaller than the two decimals' 0.01 is an improvement all the same.
+    tiny = [1.0, 0.9, 0.95, 0.89995, 0.97, 0.98]
+    cases.append(Case((tiny, 3), f"losses {tiny} with patience 3"))
     return cases
 
 
@@ -2602,6 +2854,10 @@ def _evaluation_stopping_mistake(got: Any, want: int, val_losses, patience: int)
     ties_best, _ = _evaluation_stopping(val_losses, patience, ties_improve=True)
     if got == want - 1:
         return "Epochs are numbered from 1, as in fit's history: add 1 to the index of the best loss"
+    if got == _evaluation_stopping(val_losses, patience, min_delta=1e-3)[0]:
+        return ("That takes a loss only a little below the best for no improvement, as a min_delta or a "
+                "relative threshold does: any loss strictly lower than the best so far is an "
+                "improvement, however small the difference")
     if got == stop:
         return ("That is the epoch at which training stops (after patience epochs without improvement); "
                 "early stopping keeps the weights of the best epoch before it")

@@ -194,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import nbformat
     paths = args.paths or book_notebooks(Path.cwd())
+    if not paths:  # an empty list would read as "all clean"
+        print(f"no notebooks under {Path.cwd() / 'book'}: run this from the repository's root, or name "
+              f"the notebooks", file=sys.stderr)
+        return 1
     bad = 0
     for path in paths:
         for problem in problems(nbformat.read(path, as_version=4)):

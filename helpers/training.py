@@ -181,7 +181,7 @@ class ProgressBar:
         now = time.perf_counter()
         if self.live and now - self._last_draw >= self.redraw_seconds:
             self._last_draw = now
-            self.loss = float(loss) if loss is not None else None
+            self.loss = loss.detach().item() if loss is not None else None
             if self._display is not None:
                 from IPython.display import Pretty
 
@@ -248,18 +248,21 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
                     device: torch.device | str, *,
                     progress: bool | ProgressBar | None = None,
                     description: str = "train",
-                    correct_fn: Callable | None = count_correct) -> dict:
+                    correct_fn: Callable | None = count_correct,
+                    max_grad_norm: float | None = None) -> dict:
     """One pass over ``loader``, one optimizer step per batch.
 
     Returns ``{"loss", "accuracy", "samples"}``: the mean loss per sample
     (each batch's mean weighted by its size) and the fraction classified
     right, both while the weights were changing. ``correct_fn(outputs,
     targets)`` counts the right ones (None: accuracy is NaN). ``loss_fn``
-    must average over the batch. ``progress``: a ``ProgressBar`` (None: one
-    where a reader can see it; True: always; False: none). Puts the model
-    in training mode and leaves it there. Raises ``FloatingPointError`` at
-    the end of the epoch if its mean loss is not finite (every batch has
-    been stepped by then).
+    must average over the batch. ``max_grad_norm``: clip the gradient of
+    all parameters together to at most this length before each step (None:
+    no clipping). ``progress``: a ``ProgressBar`` (None: one where a reader
+    can see it; True: always; False: none). Puts the model in training mode
+    and leaves it there. Raises ``FloatingPointError`` at the end of the
+    epoch if its mean loss is not finite (every batch has been stepped by
+    then).
     """
     _check_arguments(model, loss_fn, optimizer)  # refuse slips up front
     device = torch.device(device)
@@ -275,6 +278,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
         outputs = model(inputs)  # forward pass
         loss = loss_fn(outputs, targets)  # mean loss of this batch
         loss.backward()  # its gradient with respect to every parameter
+        if max_grad_norm is not None:  # caps the step a bad batch can take
+            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()  # update the parameters with it
         n = _batch_size(targets)
         total_loss += loss.detach() * n  # no .item(): it waits for the GPU
@@ -332,8 +337,10 @@ def evaluate(model: nn.Module, loader, loss_fn: Callable,
     in eval mode.
 
     Returns ``{"loss", "accuracy", "samples"}``; ``loss_fn`` must average
-    over the batch. The model's mode (train or eval) is restored afterwards,
-    and its parameters are not touched.
+    over the batch. For a loss with class weights, whose batch mean divides
+    by the batch's total weight, the result is near the loss over the
+    whole set, not equal to it. The model's mode (train or eval) is
+    restored afterwards, and its parameters are not touched.
     """
     _check_loss_fn(loss_fn)
     device = torch.device(device)
@@ -364,7 +371,7 @@ def _summary(total_loss: torch.Tensor, total_correct: torch.Tensor, samples: int
     mean_loss = total_loss.item() / samples
     if training and not math.isfinite(mean_loss):
         raise FloatingPointError(f"the training loss became {mean_loss} during this epoch: lower the "
-                                 f"learning rate, check the inputs for NaN, or clip the gradients")
+                                 f"learning rate, check the inputs for NaN, or clip the gradients (max_grad_norm)")
     accuracy = total_correct.item() / samples if correct_fn is not None else math.nan
     return {"loss": mean_loss, "accuracy": accuracy, "samples": samples}
 
@@ -768,7 +775,7 @@ def epoch_summary(bar: str, train: dict, val: dict | None) -> str:
 def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer: torch.optim.Optimizer,
         device: torch.device | str, epochs: int, *, checkpoint_path: str | Path | None = None,
         resume: bool = False, overwrite: bool = False, new_settings: bool = False, scheduler=None,
-        verbose: bool = True,
+        verbose: bool = True, max_grad_norm: float | None = None,
         on_epoch_end: Callable[[int, dict], bool | None] | None = None,
         correct_fn: Callable | None = count_correct) -> dict[str, list]:
     """Train for epochs ``1..epochs``, evaluating on ``val_loader`` (may be None) after each.
@@ -795,9 +802,11 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
     says how to go on; so do weights or a validation loss that are not finite at the end of an epoch
     (its last steps diverged), before that epoch's checkpoint would replace the last good one.
 
-    ``scheduler`` steps once per epoch. ``on_epoch_end(epoch, history)`` returning True stops
-    early (the checkpoint of that epoch is still written). ``verbose`` prints two lines per epoch
-    (``epoch_summary``); ``verbose=False`` shows nothing, not even a progress bar.
+    ``scheduler`` steps once per epoch (``ReduceLROnPlateau`` with the validation loss), so a
+    schedule counts epochs: a ``OneCycleLR`` made for a step per batch would stay near its start.
+    ``max_grad_norm`` clips the gradients (``train_one_epoch``). ``on_epoch_end(epoch, history)``
+    returning True stops early (the checkpoint of that epoch is still written). ``verbose`` prints
+    two lines per epoch (``epoch_summary``); ``verbose=False`` shows nothing, not even a progress bar.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -805,6 +814,7 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
         raise ValueError("resume=True needs the checkpoint_path to resume from")
     if new_settings and not resume:
         raise ValueError("new_settings=True changes the settings of a run being resumed: pass resume=True too")
+    _check_scheduler(scheduler, epochs, val_loader)
     if checkpoint_path is not None:
         _check_checkpoint_path(checkpoint_path)
     if checkpoint_path is not None and not resume and not overwrite and Path(checkpoint_path).exists():
@@ -837,7 +847,7 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
         with Timer(device) as epoch_time:
             try:
                 train = train_one_epoch(model, train_loader, loss_fn, optimizer, device, progress=bar,
-                                        correct_fn=correct_fn)
+                                        correct_fn=correct_fn, max_grad_norm=max_grad_norm)
             except FloatingPointError as error:  # a NaN loss: say what became of the model, and what next
                 advice = _after_nan(model, epoch, checkpoint_path, scheduler)
                 raise FloatingPointError(f"{error}. {advice}") from None
@@ -851,8 +861,10 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
             advice = _after_nan(model, epoch, checkpoint_path, scheduler)
             unsaved = ", and its checkpoint was not written" if checkpoint_path is not None else ""
             raise FloatingPointError(f"{what} by the end of epoch {epoch}{unsaved}: lower the learning rate, "
-                                     f"check the inputs for NaN, or clip the gradients. {advice}")
-        if scheduler is not None:
+                                     f"check the inputs for NaN, or clip the gradients (max_grad_norm). {advice}")
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val["loss"])  # it lowers the rate when the validation loss stalls
+        elif scheduler is not None:
             scheduler.step()
         for key, value in zip(HISTORY_KEYS, (epoch, train["loss"], train["accuracy"],
                                              val["loss"] if val else math.nan,
@@ -877,6 +889,20 @@ def _all_finite(tensors) -> bool:
     for t in tensors:
         by_device.setdefault(t.device, []).append(torch.isfinite(t).all())
     return all(bool(torch.stack(checks).all()) for checks in by_device.values())
+
+
+def _check_scheduler(scheduler, epochs: int, val_loader) -> None:
+    """Refuse, before the first epoch, a scheduler that stepping once per epoch would misuse."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and val_loader is None:
+        raise ValueError("ReduceLROnPlateau steps with the validation loss, and val_loader is None: "
+                         "give fit a val_loader, or use another scheduler")
+    total = getattr(scheduler, "total_steps", None)
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and total < epochs:
+        # PyTorch would raise at the last step, after an epoch of training. One longer than epochs
+        # may be an interrupted run's, so it is not refused, but one made for every batch would
+        # stay near its first rate: hence the docstring's warning.
+        raise ValueError(f"this OneCycleLR is made for {total} steps, but fit steps the scheduler once "
+                         f"per epoch, {epochs} times: create it with total_steps=epochs")
 
 
 def _check_checkpoint_path(checkpoint_path: str | Path) -> None:

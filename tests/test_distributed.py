@@ -351,7 +351,7 @@ def test_a_forward_pass_under_no_grad_besides_the_micro_batches_is_allowed():
 
 def test_shard_indices_may_be_numpy_or_tensor_integers_but_not_floats():
     def shard(n, world, rank, epoch, seed=0, drop_last=False):
-        return exercises._distributed_sampler_indices(n, world, rank, epoch, seed=seed, drop_last=drop_last)
+        return _shard(n, world, rank, epoch, seed=seed, drop_last=drop_last)
 
     for kind in (np.int64, torch.tensor):
         verdict = judge_answer("distributed.shard_indices", lambda *a, k=kind, **kw: [k(i) for i in shard(*a, **kw)])

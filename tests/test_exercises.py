@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import re
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -244,12 +245,24 @@ def _reference_logistic_grad(X, t, w, b):
     return X.T @ error / len(t), error.mean()
 
 
+def _count_nodes_by_walking(t):  # the check refuses helpers.graphs.backward_graph, which counts them
+    if t.grad_fn is None:
+        return 0
+    seen, stack = {t.grad_fn}, [t.grad_fn]
+    while stack:
+        for child, _ in stack.pop().next_functions:
+            if child is not None and child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return len(seen)
+
+
 def _reference_answers() -> dict:
     """A right answer to each exercise of these four chapters, from helpers and PyTorch."""
     from helpers import losses
 
     return {
-        "dynamic_graph.count_nodes": exercises._count_graph_nodes,
+        "dynamic_graph.count_nodes": _count_nodes_by_walking,
         "dynamic_graph.count_leaves": exercises._leaves_requiring_grad,
         "autograd.sigmoid_op": _reference_sigmoid,
         "autograd.train_step": _reference_train_step,
@@ -397,13 +410,25 @@ def _momentum_without_dampening(param, grad, buffer, lr, momentum, dampening=0.0
     return param - lr * (grad + momentum * b if nesterov else b), b
 
 
-def _shards_without_the_seed(num_examples, world_size, rank, epoch, seed=0, drop_last=False):
-    from torch.utils.data.distributed import DistributedSampler
+def _hand_shards(num_examples, world_size, rank, epoch, seed=0, drop_last=False):
+    """DistributedSampler's indices for one rank, worked out by hand (the check refuses the sampler)."""
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    total = (num_examples // world_size if drop_last else -(-num_examples // world_size)) * world_size
+    return (order * -(-total // num_examples))[:total][rank::world_size]
 
-    sampler = DistributedSampler(range(num_examples), num_replicas=world_size, rank=rank,
-                                 drop_last=drop_last)  # seed left at its default, 0
-    sampler.set_epoch(epoch)
-    return list(sampler)
+
+def _shards_without_the_seed(num_examples, world_size, rank, epoch, seed=0, drop_last=False):
+    return _hand_shards(num_examples, world_size, rank, epoch, 0, drop_last)  # seed left at 0
+
+
+def test_the_hand_shards_are_the_samplers_and_the_sampler_itself_is_refused():
+    for n, world, rank, epoch, seed, drop_last in [(10, 3, 2, 1, 4, False), (10, 3, 0, 2, 1, True), (2, 5, 4, 0, 0, False)]:
+        assert (_hand_shards(n, world, rank, epoch, seed, drop_last)
+                == exercises._distributed_sampler_indices(n, world, rank, epoch, seed, drop_last))
+    assert judge_answer("distributed.shard_indices", _hand_shards).status == PASSED
+    verdict = judge_answer("distributed.shard_indices", exercises._distributed_sampler_indices)
+    assert verdict.status == FAILED and "without DistributedSampler, but the answer called DistributedSampler" \
+        in verdict.message, verdict.message
 
 
 def test_a_count_of_nodes_without_the_leaves_is_named_where_no_other_slip_gives_it():
@@ -461,12 +486,17 @@ def test_a_judge_that_crashes_in_course_code_is_a_check_error_even_after_calling
     assert verdict.status == CHECK_ERROR, verdict.message
 
 
-def test_a_wrong_crop_in_another_dtype_is_failed_not_a_check_error():
-    from helpers.fast import crop_at
+def _crops_by_hand(images, padding, top, left):
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4, mode="reflect")
+    rows, cols = top[:, None] + torch.arange(h), left[:, None] + torch.arange(w)
+    return padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
+
+def test_a_wrong_crop_in_another_dtype_is_failed_not_a_check_error():
     for dtype in (torch.float64, torch.float16):
         def shifted_wrong_way(images, padding, top, left):
-            return crop_at(images, padding, left, top).to(dtype)
+            return _crops_by_hand(images, padding, left, top).to(dtype)
 
         verdict = judge_answer("fast_training.crop_batch", shifted_wrong_way)
         assert verdict.status == FAILED, verdict.message
@@ -548,9 +578,16 @@ def _table_of(results: list):
 @pytest.mark.parametrize("name", HIDDEN)
 def test_a_table_of_the_shown_results_passes_the_shown_cases_but_not_the_hidden_ones(name, monkeypatch):
     exercise = exercises.EXERCISES[name]
-    if name == "losses.cross_entropy":  # a table has no gradient: leave out the check that sees it
-        exercise = dataclasses.replace(exercise, judge=exercises._losses_judge(
-            exercises._losses_ce_cases, exercises._losses_true_ce, exercises._LOSSES_CE_MISTAKES))
+    without_gradient = {  # a table has no gradient: leave out the check that sees it
+        "losses.cross_entropy": exercises._losses_judge(
+            exercises._losses_ce_cases, exercises._losses_true_ce, exercises._LOSSES_CE_MISTAKES),
+        "losses.mean_squared_error": exercises._losses_judge(
+            exercises._losses_mse_cases, exercises._losses_true_mse, exercises._LOSSES_MSE_MISTAKES),
+        "fast_training.smoothed_cross_entropy": exercises.judge_cases(
+            exercises._fast_smoothing_cases, exercises._fast_true_smoothing, exercises._fast_smoothing_mistake),
+    }
+    if name in without_gradient:
+        exercise = dataclasses.replace(exercise, judge=without_gradient[name])
     results = [want for _, _, want in _shown(name)]
     monkeypatch.setitem(exercises.EXERCISES, name, dataclasses.replace(exercise, hidden=None))
     assert judge_answer(name, _table_of(results)).status == PASSED  # what the hidden cases stop
@@ -570,16 +607,21 @@ def _shard_by_padding(n, world, rank, epoch, seed=0, drop_last=False):
     return [order[i % n] for i in range(total)][rank::world]
 
 
-def _early_stopping_by_waiting(val_losses, patience):
-    best, best_epoch, waited = float("inf"), 0, 0
-    for epoch, loss in enumerate(val_losses, start=1):
-        if loss < best:
-            best, best_epoch, waited = loss, epoch, 0
-        else:
-            waited += 1
-            if waited == patience:
-                break
-    return best_epoch
+def _early_stopping_by(improves):
+    def early_stopping_epoch(val_losses, patience):
+        best, best_epoch, waited = float("inf"), 0, 0
+        for epoch, loss in enumerate(val_losses, start=1):
+            if improves(loss, best):
+                best, best_epoch, waited = loss, epoch, 0
+            else:
+                waited += 1
+                if waited == patience:
+                    break
+        return best_epoch
+    return early_stopping_epoch
+
+
+_early_stopping_by_waiting = _early_stopping_by(lambda loss, best: loss < best)
 
 
 def _macro_f1_by_counting(y_true, y_pred, num_classes):
@@ -602,9 +644,9 @@ def _mean_std_by_hand(images):
 def _mean_loss_by_sums(model, loader, loss_fn):
     model.eval()
     with torch.no_grad():
-        total = sum(loss_fn(model(x), y).item() * len(y) for x, y in loader)
+        sums = [(loss_fn(model(x), y).item() * len(y), len(y)) for x, y in loader]
     model.train()
-    return total / len(loader.dataset)
+    return sum(total for total, _ in sums) / sum(count for _, count in sums)
 
 
 def _smoothing_by_hand(logits, targets, smoothing, ignore_index=-100):
@@ -673,7 +715,7 @@ def _right_where_shown(name: str, elsewhere):
     ("evaluation.early_stopping_epoch", lambda losses, patience: exercises._evaluation_kept_epoch(losses, patience) - 1,
      "Epochs are numbered from 1"),
     ("distributed.shard_indices", lambda n, world, rank, epoch, seed=0, drop_last=False:
-     exercises._distributed_sampler_indices(n, world, rank, 0, seed, drop_last), "That is the order of epoch 0"),
+     _hand_shards(n, world, rank, 0, seed, drop_last), "That is the order of epoch 0"),
 ])
 def test_a_hidden_failure_names_the_mistake_without_the_input(name, mistake, explanation):
     verdict = judge_answer(name, _right_where_shown(name, mistake))
@@ -865,12 +907,7 @@ def test_a_mistake_finder_that_cannot_read_a_result_leaves_the_next_one_its_turn
 
 
 def test_a_passing_answer_is_told_on_how_many_inputs():
-    def count_nodes(t):
-        from helpers.graphs import backward_graph
-
-        return len(backward_graph(t)[0])
-
-    verdict = judge_answer("dynamic_graph.count_nodes", count_nodes)
+    verdict = judge_answer("dynamic_graph.count_nodes", _count_nodes_by_walking)
     assert verdict.status == PASSED
     assert verdict.message == "passed on all 6 inputs"
 
@@ -1501,6 +1538,143 @@ def _shifted_logits(z):
     return z - z.max(dim=-1, keepdim=True).values
 
 
+# --- Wrong answers a review found passing: each must fail, with what to change -----------------
+
+
+def _mse_in_place(prediction, target):
+    prediction -= target  # the caller's tensor, a model's output, is overwritten
+    return (prediction ** 2).mean()
+
+
+def _log_softmax_in_place(z):
+    z -= z.amax(-1, keepdim=True)  # amax saved z for the backward pass
+    z -= torch.log(torch.exp(z).sum(-1, keepdim=True))
+    return z
+
+
+def _log_softmax_in_numpy(z):
+    shifted = z.numpy() - z.numpy().max(-1, keepdims=True)
+    return torch.from_numpy(shifted - np.log(np.exp(shifted).sum(-1, keepdims=True)))
+
+
+def _smoothing_with(log_probabilities, in_place=False):
+    def smoothed(logits, targets, smoothing, ignore_index=-100):
+        if in_place:
+            logits -= logits.amax(1, keepdim=True)
+        kept = targets != ignore_index
+        logits, targets = logits[kept], targets[kept]
+        q = (1 - smoothing) * torch.nn.functional.one_hot(targets, logits.shape[1]) + smoothing / logits.shape[1]
+        return -(q * log_probabilities(logits)).sum(1).mean()
+    return smoothed
+
+
+def _smoothing_by_the_courses_cross_entropy(logits, targets, smoothing, ignore_index=-100):
+    from helpers.losses import cross_entropy
+
+    kept = targets != ignore_index
+    return cross_entropy(logits[kept], targets[kept], label_smoothing=smoothing)
+
+
+def _logistic_loss(X, t):
+    return lambda w, b: torch.nn.functional.binary_cross_entropy_with_logits(X @ w + b, t)
+
+
+def _logistic_grad_by_jacfwd(X, t, w, b):
+    with warnings.catch_warnings():  # PyTorch's own notice, at torch.func's first use
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+        return torch.func.jacfwd(_logistic_loss(X, t), argnums=(0, 1))(w, b)
+
+
+def _logistic_grad_by_dual_numbers(X, t, w, b):
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        gw = torch.stack([fwAD.unpack_dual(_logistic_loss(X, t)(fwAD.make_dual(w, e), b)).tangent
+                          for e in torch.eye(len(w), dtype=w.dtype)])
+        gb = fwAD.unpack_dual(_logistic_loss(X, t)(w, fwAD.make_dual(b, torch.ones_like(b)))).tangent
+    return gw, gb
+
+
+def _logistic_grad_by_finite_differences(X, t, w, b, h=1e-6):
+    loss = _logistic_loss(X, t)
+    gw = torch.stack([(loss(w + h * e, b) - loss(w - h * e, b)) / (2 * h) for e in torch.eye(len(w), dtype=w.dtype)])
+    return gw, (loss(w, b + h) - loss(w, b - h)) / (2 * h)
+
+
+def _mean_loss_over_the_dataset(model, loader, loss_fn):  # wrong with drop_last or a sampler
+    model.eval()
+    with torch.no_grad():
+        total = sum(loss_fn(model(x), y).item() * len(y) for x, y in loader)
+    model.train()
+    return total / len(loader.dataset)
+
+
+def _mean_loss_of_cross_entropy(model, loader, loss_fn):  # loss_fn ignored
+    model.eval()
+    with torch.no_grad():
+        sums = [(torch.nn.functional.cross_entropy(model(x), y, reduction="sum").item(), len(y)) for x, y in loader]
+    model.train()
+    return sum(total for total, _ in sums) / sum(count for _, count in sums)
+
+
+def _mean_loss_summing(model, loader, loss_fn, restore=False):
+    loss_fn.reduction = "sum"
+    model.eval()
+    with torch.no_grad():
+        sums = [(loss_fn(model(x), y).item(), len(y)) for x, y in loader]
+    model.train()
+    if restore:
+        loss_fn.reduction = "mean"
+    return sum(total for total, _ in sums) / sum(count for _, count in sums)
+
+
+def _accumulate_cross_entropy(model, loss_fn, inputs, targets, micro_batches, summed=False):  # loss_fn ignored
+    model.zero_grad()
+    for x, y in zip(inputs.chunk(micro_batches), targets.chunk(micro_batches)):
+        if summed:
+            (torch.nn.functional.cross_entropy(model(x), y, reduction="sum") / len(inputs)).backward()
+        else:
+            (torch.nn.functional.cross_entropy(model(x), y) / micro_batches).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _accumulate_into_grad_itself(model, loss_fn, inputs, targets, micro_batches):
+    model.zero_grad()
+    for x, y in zip(inputs.chunk(micro_batches), targets.chunk(micro_batches)):
+        (loss_fn(model(x), y) / micro_batches).backward()
+    return [p.grad for p in model.parameters()]  # no copies
+
+
+def _adam_with_eps_squared_inside(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=0.0):
+    beta1, beta2 = betas
+    grad = grad + weight_decay * param
+    m, v = beta1 * exp_avg + (1 - beta1) * grad, beta2 * exp_avg_sq + (1 - beta2) * grad**2
+    return param - lr * (m / (1 - beta1**step)) / (v / (1 - beta2**step) + eps**2).sqrt(), m, v
+
+
+def _momentum_on_grad_itself(param, grad, buffer, lr, momentum, dampening=0.0, nesterov=False):
+    if buffer is None:
+        buffer = grad  # no copy
+    else:
+        buffer.mul_(momentum).add_(grad, alpha=1 - dampening)
+    return param - lr * (grad + momentum * buffer if nesterov else buffer), buffer
+
+
+def _shards_by_reseeding(num_examples, world_size, rank, epoch, seed=0, drop_last=False):
+    torch.manual_seed(seed + epoch)  # the learner's own generator, reseeded
+    order = torch.randperm(num_examples).tolist()
+    total = (num_examples // world_size if drop_last else -(-num_examples // world_size)) * world_size
+    return [order[i % num_examples] for i in range(total)][rank::world_size]
+
+
+def _log_softmax_by_hand(z):
+    return _shifted_logits(z) - torch.log(torch.exp(_shifted_logits(z)).sum(dim=-1, keepdim=True))
+
+
+REFUSED = "the answer called "
+
+
 @pytest.mark.parametrize("name, answer, phrase", [
     ("training.conv_output_size", lambda size, k, stride=1, padding=0, dilation=1:
      (size - dilation * (k - 1) - 1) // stride + 1, "That leaves the padding out"),
@@ -1530,6 +1704,66 @@ def _shifted_logits(z):
     ("losses.log_softmax",
      lambda z: _shifted_logits(z) - torch.log(torch.exp(_shifted_logits(z)).sum(dim=0, keepdim=True)),
      "the differences between a row's logits stay as they were; in yours they change"),
+    # Right values without a graph, or bought by overwriting a model's output, are no loss.
+    ("losses.mean_squared_error", lambda p, t: torch.tensor(((p - t) ** 2).mean().item()),
+     "not connected to the prediction's graph"),
+    ("losses.mean_squared_error", lambda p, t: ((p - t) ** 2).mean().detach(), "not connected to the prediction's"),
+    ("losses.mean_squared_error", lambda p, t: torch.tensor(sum(
+        (a - b) ** 2 for a, b in zip(p.flatten().tolist(), t.flatten().tolist())) / p.numel()), "not connected"),
+    ("losses.mean_squared_error", lambda p, t: torch.tensor(np.mean((p.numpy() - t.numpy()) ** 2)),
+     "NumPy's give none"),
+    ("losses.mean_squared_error", _mse_in_place, "the answer changed the prediction in place"),
+    ("losses.log_softmax", _log_softmax_in_numpy, "NumPy's give none"),
+    ("losses.log_softmax", _log_softmax_in_place, "the answer changed the logits in place"),
+    ("losses.log_softmax", lambda z: _log_softmax_by_hand(z).detach(), "not connected to the logits' graph"),
+    ("losses.log_softmax", lambda z: _shifted_logits(z) - torch.log(torch.exp(_shifted_logits(z)).sum(
+        dim=-1, keepdim=True)).detach(), "the gradient of log_p[0, 0] + log_p[1, 2] with respect to the logits"),
+    ("losses.log_softmax", lambda z: torch.log_softmax(z, -1), REFUSED + "torch.log_softmax"),
+    ("losses.log_softmax", lambda z: torch.nn.functional.log_softmax(z, -1), REFUSED + "F.log_softmax"),
+    ("losses.log_softmax", lambda z: torch.nn.LogSoftmax(-1)(z), REFUSED + "F.log_softmax"),
+    ("losses.log_softmax", lambda z: torch.special.log_softmax(z, -1), REFUSED + "torch.special.log_softmax"),
+    ("losses.log_softmax", lambda z: z.log_softmax(-1), REFUSED + "Tensor.log_softmax"),
+    ("fast_training.smoothed_cross_entropy", lambda *args, **kwargs: _smoothing_by_hand(*args, **kwargs).detach(),
+     "not connected to the logits' graph"),
+    ("fast_training.smoothed_cross_entropy", _smoothing_with(lambda z: torch.log_softmax(z, 1), in_place=True),
+     "the answer changed the logits in place"),
+    # Right on the shown logits, of a few units; wrong once a logit is a hundred or more.
+    ("fast_training.smoothed_cross_entropy",
+     _smoothing_with(lambda z: z - torch.log(torch.exp(z).sum(1, keepdim=True))), "On large logits"),
+    ("fast_training.smoothed_cross_entropy", _smoothing_with(lambda z: torch.log(torch.softmax(z, 1) + 1e-12)),
+     "or log(p + eps) far too small"),
+    ("fast_training.smoothed_cross_entropy", _smoothing_by_the_courses_cross_entropy,
+     REFUSED + "helpers.losses.cross_entropy"),
+    ("autograd.logistic_grad", _logistic_grad_by_jacfwd, REFUSED + "forward-mode autograd"),
+    ("autograd.logistic_grad", _logistic_grad_by_dual_numbers, REFUSED + "forward-mode autograd"),
+    ("autograd.logistic_grad", _logistic_grad_by_finite_differences, "as finite differences give"),
+    # The course's own function for what the exercise asks, under whatever name it was imported.
+    ("dynamic_graph.count_nodes", lambda t: len(__import__("helpers.graphs").graphs.backward_graph(t)[0]),
+     REFUSED + "helpers.graphs.backward_graph"),
+    ("evaluation.per_class_recall", lambda c: __import__("helpers.metrics").metrics.recall(c),
+     REFUSED + "helpers.metrics.recall"),
+    ("evaluation.per_class_recall", lambda c: __import__("helpers.metrics").metrics.precision(c.T),
+     REFUSED + "helpers.metrics.precision"),
+    ("data.tensor_mean_std", lambda images: __import__("helpers.fast").fast.channel_stats(images),
+     REFUSED + "helpers.fast.channel_stats"),
+    ("fast_training.crop_batch", lambda *args: __import__("helpers.fast").fast.crop_at(*args),
+     REFUSED + "helpers.fast.crop_at"),
+    ("training.mean_loss", _mean_loss_over_the_dataset, "That divides by len(loader.dataset)"),
+    ("training.mean_loss", _mean_loss_of_cross_entropy, "That is the mean cross-entropy, whatever loss_fn is"),
+    ("training.mean_loss", _mean_loss_summing, "loss_fn.reduction was left at 'sum'"),
+    ("distributed.accumulated_gradients", _accumulate_cross_entropy, "the gradients of the plain cross-entropy"),
+    ("distributed.accumulated_gradients", lambda *args: _accumulate_cross_entropy(*args, summed=True),
+     "the gradients of the plain cross-entropy"),
+    ("distributed.accumulated_gradients", _accumulate_into_grad_itself, "the model's own .grad tensors, not copies"),
+    ("evaluation.early_stopping_epoch", _early_stopping_by(lambda loss, best: loss < best - 1e-4),
+     "any loss strictly lower than the best so far is an improvement"),
+    ("evaluation.early_stopping_epoch", _early_stopping_by(lambda loss, best: loss < best - 0.005),
+     "any loss strictly lower than the best so far is an improvement"),
+    ("evaluation.early_stopping_epoch", _early_stopping_by(lambda loss, best: loss < best * (1 - 1e-3)),
+     "any loss strictly lower than the best so far is an improvement"),
+    ("optimizers.adam_step", _adam_with_eps_squared_inside, "not sqrt(v_hat + eps**2)"),
+    ("optimizers.momentum_step", _momentum_on_grad_itself, "the new buffer is the gradient tensor itself"),
+    ("distributed.shard_indices", _shards_by_reseeding, "the answer changed PyTorch's global random state"),
 ])
 def test_cheap_usual_slips_are_named(name, answer, phrase):
     verdict = judge_answer(name, answer)
@@ -1555,3 +1789,44 @@ def test_compare_does_not_point_at_a_place_where_the_two_agree_on_nan():
     with pytest.raises(exercises._Mismatch) as err:
         compare(got, expected)
     assert str(err.value) == "the answer, a tensor of shape (3, 3), differs most at [2, 1]: expected 0, got 0.5"
+
+
+@pytest.mark.parametrize("name, answer", [
+    ("losses.mean_squared_error", torch.nn.functional.mse_loss),  # the text does not rule it out
+    ("losses.log_softmax", _log_softmax_by_hand),  # the shift m differentiated through: the same gradient
+    ("losses.log_softmax", lambda z: z - torch.logsumexp(z, dim=-1, keepdim=True)),
+    ("training.mean_loss", lambda *args: _mean_loss_summing(*args, restore=True)),  # put back as it was
+    ("evaluation.early_stopping_epoch", _early_stopping_by_waiting),
+    ("fast_training.smoothed_cross_entropy", _smoothing_with(lambda z: torch.log_softmax(z, 1))),
+])
+def test_right_answers_near_the_refused_ones_pass(name, answer):
+    verdict = judge_answer(name, answer)
+    assert verdict.status == PASSED, verdict.message
+
+
+def test_a_refused_call_is_refused_even_when_the_answer_catches_the_error_and_goes_on():
+    import sys
+
+    def count_nodes(t):
+        from helpers.graphs import backward_graph
+
+        try:
+            return len(backward_graph(t)[0])
+        except Exception:
+            return _count_nodes_by_walking(t)
+
+    verdict = judge_answer("dynamic_graph.count_nodes", count_nodes)
+    assert verdict.status == FAILED
+    assert verdict.message == ("on a * 2, the exercise asks for your own walk of the graph, without "
+                               "helpers.graphs.backward_graph, but the answer called helpers.graphs.backward_graph")
+    assert sys.getprofile() is None  # the hook that refused it is gone
+    from helpers.graphs import backward_graph
+    assert len(backward_graph(torch.ones(1, requires_grad=True) * 2)[0]) == 2  # and the function works
+
+
+def test_a_shard_check_that_finds_the_random_state_changed_puts_it_back():
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    verdict = judge_answer("distributed.shard_indices", _shards_by_reseeding)
+    assert verdict.status == FAILED
+    assert torch.equal(torch.get_rng_state(), before)

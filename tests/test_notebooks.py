@@ -1,9 +1,11 @@
 """The committed notebooks are executed, fresh and clean; nbval (run over book/) does the rest."""
 
+import ast
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -31,6 +33,51 @@ def test_there_are_notebooks_and_every_one_is_in_the_book():
     listed = toc_files()
     for path in NOTEBOOKS:
         assert str(path.relative_to(ROOT).with_suffix("")) in listed, f"{path} is not in _toc.yml"
+
+
+def numbered_chapters() -> list[Path]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [ROOT / f"{chapter['file']}.ipynb" for part in toc["parts"] if part.get("numbered")
+            for chapter in part["chapters"]]
+
+
+def markdown_cells(path: Path) -> list[str]:
+    return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown"]
+
+
+@pytest.mark.parametrize("path", numbered_chapters(), ids=lambda p: p.name)
+def test_a_chapter_opens_with_its_goals_and_closes_with_a_summary_and_exercises(path):
+    # The preface ("How to read it") promises every chapter this shape: what you will be able
+    # to do, what it assumes and how long it takes; at the end, a summary, then the exercises.
+    markdown = markdown_cells(path)
+    assert markdown and markdown[0].startswith("# "), f"{path.name} does not open with its title"
+    opening = " ".join(markdown[0].split())
+    for part in ("By the end you will be able to: - ", "**Assumes:**", "**Time:**"):
+        assert part in opening, f"{path.name}: its opening cell lacks {part.strip()!r}"
+    headings = [line.strip() for source in markdown for line in source.splitlines()
+                if line.startswith("## ")]
+    assert headings[-2:] == ["## Summary", "## Exercises"], \
+        f"{path.name}: its last sections are {headings[-2:]}, not Summary then Exercises"
+
+
+def test_every_helpers_module_has_its_test_file_and_names_its_chapter_by_its_title():
+    titles = {str(path.relative_to(ROOT)): markdown_cells(path)[0].splitlines()[0][2:]
+              for path in numbered_chapters()}
+    named = set()
+    for module in sorted((ROOT / "helpers").glob("*.py")):
+        if module.name == "__init__.py":
+            continue
+        assert (ROOT / "tests" / f"test_{module.name}").exists(), f"{module.name} has no test file"
+        doc = " ".join(ast.get_docstring(ast.parse(module.read_text())).split())
+        found = re.search(r'Introduced in the chapter "([^"]+)" \((book/\S+\.ipynb)\)', doc)
+        if found:
+            title, chapter = found.groups()
+            assert titles.get(chapter) == title, \
+                f"{module.name} names the chapter {title!r} ({chapter}), which is not its title"
+            named.add(chapter)
+    # The chapters that have no module of their own build on earlier ones.
+    assert named >= {"book/autograd.ipynb", "book/losses.ipynb", "book/optimizers.ipynb",
+                     "book/data.ipynb", "book/training.ipynb", "book/evaluation.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -104,6 +151,21 @@ def test_the_projects_own_nbval_settings_are_strict(tmp_path):
         assert result.returncode == returncode, result.stdout[-2000:]
 
 
+def test_the_sanitize_file_is_found_from_any_folder():
+    # nbval opens --nbval-sanitize-with from the folder pytest starts in; conftest.py makes
+    # pyproject.toml's relative path absolute, so that `cd book && pytest losses.ipynb` works.
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)
+    config = types.SimpleNamespace(option=types.SimpleNamespace(nbval_sanitize_with="tests/sanitize.cfg"))
+    root_conftest.pytest_configure(config)
+    assert config.option.nbval_sanitize_with == str(ROOT / "tests" / "sanitize.cfg")
+    assert Path(config.option.nbval_sanitize_with).is_file()
+
+
 def test_processes_the_tests_start_import_this_checkouts_helpers():
     # conftest.py puts the checkout first on PYTHONPATH: a kernel started in book/ must not find
     # another installed copy of the package.
@@ -134,9 +196,10 @@ def test_a_quick_mode_run_is_caught_and_never_replaces_the_full_run(tmp_path):
     assert path.read_text() == before
 
 
-def test_a_noisy_run_never_replaces_the_committed_notebook(tmp_path):
+def test_a_noisy_run_never_replaces_the_committed_notebook(tmp_path, monkeypatch):
     from helpers.notebooks import execute
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the rejected run is kept
     nb = _tiny_notebook("42\n")
     nb.cells[0].source = "import sys\nprint('careful', file=sys.stderr)"
     path = tmp_path / "noisy.ipynb"

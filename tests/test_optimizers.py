@@ -513,11 +513,6 @@ def test_learning_rate_exercise_says_why_a_rate_fails(answer, expected):
         assert verdict.status == FAILED and verdict.message.startswith(expected), verdict.message
 
 
-def test_the_module_names_its_chapter():
-    assert 'Introduced in the chapter "Optimizers: from gradient descent to AdamW" (book/optimizers.ipynb)' \
-        in optimizers.__doc__
-
-
 # Found by mutation testing: each test below fails on a small, plausible change to the code.
 
 

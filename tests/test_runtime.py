@@ -60,7 +60,10 @@ def test_seed_everything_repeats_every_generator():
     assert draw()[0] != first[0]
 
 
-def test_deterministic_mode_is_opt_in_and_can_be_switched_off():
+def test_deterministic_mode_is_opt_in_and_can_be_switched_off(monkeypatch):
+    # Set first, so that monkeypatch takes it away again: the notebooks tested after this would
+    # otherwise inherit the variable that deterministic mode sets for cuBLAS.
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     runtime.seed_everything(0, deterministic=True)
     assert torch.are_deterministic_algorithms_enabled()
     runtime.seed_everything(0)

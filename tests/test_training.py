@@ -4,6 +4,7 @@ import copy
 import math
 import os
 import re
+import warnings
 
 import pytest
 import torch
@@ -307,7 +308,7 @@ def test_a_nan_loss_in_fit_says_the_model_is_spoilt_and_how_to_go_on(standin, tm
     train = make_loader(standin[0], 64, shuffle=True, num_workers=0)  # 3 batches
     seed_everything(0)
     model = SmallCNN()
-    with pytest.raises(FloatingPointError, match=r"training loss became nan .* clip the gradients\. The model in "
+    with pytest.raises(FloatingPointError, match=r"training loss became nan .* clip the gradients \(max_grad_norm\)\. The model in "
                                                  r"memory now holds NaN or infinite weights; .*nan.pt holds the run "
                                                  r"after epoch 1: to go on from there with a lower learning rate, "
                                                  r"call fit again with an optimizer created with it, resume=True and "
@@ -895,7 +896,10 @@ def test_a_live_bar_shows_the_latest_loss_and_the_finished_bar_does_not(capsys):
     bar = training.ProgressBar(2, "x", live=True)  # a tqdm bar on stderr here
     bar.redraw_seconds = 0  # redraw at every batch
     bar.update(torch.tensor(1.5))
-    bar.update(torch.tensor(1.25))
+    # train_one_epoch passes the loss itself, which requires a gradient: reading it must not warn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bar.update(torch.tensor(1.25, requires_grad=True) * 1)
     assert "loss=1.250" in bar.text()
     bar.finish()
     out = capsys.readouterr().out
@@ -1244,3 +1248,56 @@ def test_to_device_keeps_a_namedtuples_fields():
     Batch = namedtuple("Batch", "images labels")
     moved = to_device(Batch(torch.ones(2, 3), [torch.zeros(2)]), "cpu")
     assert isinstance(moved, Batch) and moved.images.shape == (2, 3) and isinstance(moved.labels, list)
+
+
+# --- Gradient clipping and schedulers that fit steps once per epoch -----------------------------------
+
+
+def test_max_grad_norm_caps_every_step_and_fit_passes_it_on(standin):
+    # With plain SGD a step is lr times the gradient: clipped to 1e-3, no step moves the weights
+    # further than lr * 1e-3, where an unclipped step on this data moves them much further.
+    def distance_moved(run, **options):
+        seed_everything(0)
+        model = SmallCNN()
+        start = torch.cat([p.detach().flatten() for p in model.parameters()])
+        run(model, torch.optim.SGD(model.parameters(), lr=0.1), **options)
+        return (torch.cat([p.detach().flatten() for p in model.parameters()]) - start).norm().item()
+
+    loader = DataLoader(standin[0], batch_size=64)  # 3 batches, 3 steps
+
+    def one_epoch(model, optimizer, **options):
+        train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, CPU, progress=False, **options)
+
+    def one_fit(model, optimizer, **options):
+        fit(model, loader, None, nn.CrossEntropyLoss(), optimizer, CPU, 1, verbose=False, **options)
+
+    for run in (one_epoch, one_fit):
+        assert distance_moved(run) > 0.01
+        assert distance_moved(run, max_grad_norm=1e-3) <= 3 * 0.1 * 1e-3 * (1 + 1e-4)
+
+
+def test_reduce_lr_on_plateau_steps_with_the_validation_loss(standin):
+    train, validation = standin
+    seed_everything(0)
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    # A threshold no epoch can beat: every epoch after the first counts as a plateau.
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0, threshold=100.0,
+                                                         threshold_mode="abs")
+    fit(model, DataLoader(train, batch_size=64), DataLoader(validation, batch_size=64), nn.CrossEntropyLoss(),
+        optimizer, CPU, 3, scheduler=plateau, verbose=False)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="ReduceLROnPlateau steps with the validation loss, and val_loader is None"):
+        fit(model, DataLoader(train, batch_size=64), None, nn.CrossEntropyLoss(), optimizer, CPU, 3,
+            scheduler=plateau, verbose=False)
+
+
+def test_a_one_cycle_schedule_shorter_than_the_run_is_refused_before_training(standin):
+    model = SmallCNN()
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=2)
+    with pytest.raises(ValueError, match="made for 2 steps, but fit steps the scheduler once per epoch, 3 times"):
+        fit(model, DataLoader(standin[0], batch_size=64), None, nn.CrossEntropyLoss(), optimizer, CPU, 3,
+            scheduler=schedule, verbose=False)
+    _assert_same_state(model.state_dict(), before)
