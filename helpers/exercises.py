@@ -393,14 +393,17 @@ def _forbidding(answer: Callable, calls: list[tuple[Any, str, str]], rule: str) 
             refuse(codes[frame.f_code])
 
     def run(*args, **kwargs):
-        previous = sys.getprofile()
-        if codes:
+        # A profiler that is already on (cProfile, %prun, a debugger's) keeps its hook: calls to
+        # the Python functions are then not refused, rather than the profiler broken.
+        hooked = bool(codes) and sys.getprofile() is None
+        if hooked:
             sys.setprofile(profile)
         try:
             with Refusing():
                 result = answer(*args, **kwargs)
         finally:
-            sys.setprofile(previous)
+            if hooked:
+                sys.setprofile(None)
         if called:  # the answer caught the error and went on
             raise _RuleBroken(f"{rule}, but the answer called {called[0]}")
         return result
@@ -822,8 +825,9 @@ def _gradient_of_answer(answer: Callable, described: str, what: str, values: lis
     except _AnswerFailed as failure:
         if "numpy()" not in str(failure.__cause__):
             raise
-        return (f"{failure}: a loss must be computed with PyTorch's operations, which autograd follows "
-                f"to the gradient; NumPy's give none, and neither does .detach().numpy()")
+        return (f"{failure}: a loss, and what it is built from, must be computed with PyTorch's "
+                f"operations, which autograd follows to the gradient; NumPy's give none, and neither "
+                f"does .detach().numpy()")
     if given._version != version:
         return (f"on {described}, the answer changed {what} in place (with -=, += or a method ending "
                 f"in _): that overwrites the caller's tensor, a model's output which backward() may "
@@ -2094,12 +2098,17 @@ def _logistic_explain(got, want, X, t, w, b) -> str:
         except Exception:  # not this slip
             continue
         return explanation
-    try:  # within a millionth, but not within float64's rounding: estimated, not derived
-        compare(got, want, 1e-6, 1e-4)
+    widened = tuple(g.double() if isinstance(g, torch.Tensor) else g for g in got)
+    try:  # within a millionth, but not within float64's rounding: rounded or estimated, not exact
+        compare(widened, want, 1e-6, 1e-4)
     except Exception:
         return ""
-    return ("Those are close to the gradients but not equal to them, as finite differences give: "
-            "derive the formula with the chain rule, which is exact up to float64's rounding.")
+    if any(isinstance(g, torch.Tensor) and g.dtype != torch.float64 for g in got):
+        return ("The gradients were computed in float32 somewhere (torch.zeros without dtype=X.dtype, "
+                ".float()), which rounds them: keep float64, the inputs' dtype, throughout.")
+    return ("Those are close to the gradients but not equal to them, as finite differences, or a "
+            "float32 step along the way, give: derive the formula with the chain rule, and keep "
+            "float64 throughout; it is exact up to float64's rounding.")
 
 
 register(Exercise(
@@ -2177,8 +2186,8 @@ def _fast_large_logits_mistake(got: Any, want: torch.Tensor, logits, targets, sm
     if logits.abs().max() < 100:
         return ""
     return ("On large logits (a hundred or more, as a confident model gives), exp(z) overflows to inf "
-            "in float32, and a probability that rounds to 0 makes log(p) -inf, or log(p + eps) far "
-            "too small: compute the log-probabilities with a log-softmax, which subtracts each row's "
+            "in float32, and a probability that rounds to 0 makes log(p) -inf, or log(p + eps) stop "
+            "near log(eps), far above the true log-probability: compute the log-probabilities with a log-softmax, which subtracts each row's "
             "maximum first (F.log_softmax does)")
 
 

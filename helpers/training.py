@@ -181,7 +181,8 @@ class ProgressBar:
         now = time.perf_counter()
         if self.live and now - self._last_draw >= self.redraw_seconds:
             self._last_draw = now
-            self.loss = loss.detach().item() if loss is not None else None
+            self.loss = (loss.detach().item() if isinstance(loss, torch.Tensor)
+                         else None if loss is None else float(loss))
             if self._display is not None:
                 from IPython.display import Pretty
 
@@ -264,7 +265,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn: Callable,
     epoch if its mean loss is not finite (every batch has been stepped by
     then).
     """
-    _check_arguments(model, loss_fn, optimizer)  # refuse slips up front
+    # Refuse slips up front.
+    _check_arguments(model, loss_fn, optimizer, max_grad_norm)
     device = torch.device(device)
     model.train()  # dropout, batch norm and the like behave as in training
     bar = _bar_for(progress, loader, description)
@@ -305,11 +307,17 @@ def _check_loss_fn(loss_fn: Callable) -> None:
                          f"loss: create it with reduction='mean' (the default)")
 
 
-def _check_arguments(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer) -> None:
+def _check_arguments(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
+                     max_grad_norm: float | None = None) -> None:
     """Refuse, before any step, what a learner passes by mistake: a loss class or a loss that does
-    not average (``_check_loss_fn``), and an optimizer made for another model, which would step
-    those parameters, not these."""
+    not average (``_check_loss_fn``), an optimizer made for another model, which would step
+    those parameters, not these, and a clipping cap that is not a positive length."""
     _check_loss_fn(loss_fn)
+    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float))
+                                          and math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        # 0 would stop training, a negative cap turn every step uphill.
+        raise ValueError(f"max_grad_norm is the largest length the gradient may keep, a positive "
+                         f"number, got {max_grad_norm!r}: pass one such as 1.0, or None for no clipping")
     groups = getattr(optimizer, "param_groups", None)  # an optimizer of one's own may have none
     held = {id(p) for group in groups or [] for p in group["params"]}
     parameters = list(model.parameters())
@@ -815,6 +823,7 @@ def fit(model: nn.Module, train_loader, val_loader, loss_fn: Callable, optimizer
     if new_settings and not resume:
         raise ValueError("new_settings=True changes the settings of a run being resumed: pass resume=True too")
     _check_scheduler(scheduler, epochs, val_loader)
+    _check_arguments(model, loss_fn, optimizer, max_grad_norm)  # before a checkpoint is read
     if checkpoint_path is not None:
         _check_checkpoint_path(checkpoint_path)
     if checkpoint_path is not None and not resume and not overwrite and Path(checkpoint_path).exists():

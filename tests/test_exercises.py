@@ -1601,6 +1601,11 @@ def _logistic_grad_by_finite_differences(X, t, w, b, h=1e-6):
     return gw, (loss(w, b + h) - loss(w, b - h)) / (2 * h)
 
 
+def _logistic_grad_in_float32(X, t, w, b):  # the right formula, rounded to float32
+    p = torch.sigmoid(X.float() @ w.float() + torch.as_tensor(b).float())
+    return X.float().T @ (p - t.float()) / len(t), (p - t.float()).mean()
+
+
 def _mean_loss_over_the_dataset(model, loader, loss_fn):  # wrong with drop_last or a sampler
     model.eval()
     with torch.no_grad():
@@ -1731,12 +1736,13 @@ REFUSED = "the answer called "
     ("fast_training.smoothed_cross_entropy",
      _smoothing_with(lambda z: z - torch.log(torch.exp(z).sum(1, keepdim=True))), "On large logits"),
     ("fast_training.smoothed_cross_entropy", _smoothing_with(lambda z: torch.log(torch.softmax(z, 1) + 1e-12)),
-     "or log(p + eps) far too small"),
+     "or log(p + eps) stop near log(eps)"),
     ("fast_training.smoothed_cross_entropy", _smoothing_by_the_courses_cross_entropy,
      REFUSED + "helpers.losses.cross_entropy"),
     ("autograd.logistic_grad", _logistic_grad_by_jacfwd, REFUSED + "forward-mode autograd"),
     ("autograd.logistic_grad", _logistic_grad_by_dual_numbers, REFUSED + "forward-mode autograd"),
-    ("autograd.logistic_grad", _logistic_grad_by_finite_differences, "as finite differences give"),
+    ("autograd.logistic_grad", _logistic_grad_by_finite_differences, "as finite differences, or a float32 step"),
+    ("autograd.logistic_grad", _logistic_grad_in_float32, "The gradients were computed in float32 somewhere"),
     # The course's own function for what the exercise asks, under whatever name it was imported.
     ("dynamic_graph.count_nodes", lambda t: len(__import__("helpers.graphs").graphs.backward_graph(t)[0]),
      REFUSED + "helpers.graphs.backward_graph"),
@@ -1830,3 +1836,24 @@ def test_a_shard_check_that_finds_the_random_state_changed_puts_it_back():
     verdict = judge_answer("distributed.shard_indices", _shards_by_reseeding)
     assert verdict.status == FAILED
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_profiler_already_on_is_left_alone_and_right_answers_still_pass():
+    # cProfile (and %prun) install a hook of their own; the check must neither break nor stop it.
+    import cProfile
+    import sys
+
+    def mine(frame, event, arg):
+        pass
+
+    profiler = cProfile.Profile()
+    for start, stop in ((profiler.enable, profiler.disable), (lambda: sys.setprofile(mine), lambda: sys.setprofile(None))):
+        start()
+        try:
+            before = sys.getprofile()
+            verdict = judge_answer("dynamic_graph.count_nodes", _count_nodes_by_walking)
+            still = sys.getprofile()
+        finally:
+            stop()
+        assert verdict.status == PASSED, verdict.message
+        assert still is before is not None

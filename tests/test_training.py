@@ -893,7 +893,7 @@ def test_headless_execution_draws_no_bar_even_where_a_terminal_could_show_one(mo
 
 
 def test_a_live_bar_shows_the_latest_loss_and_the_finished_bar_does_not(capsys):
-    bar = training.ProgressBar(2, "x", live=True)  # a tqdm bar on stderr here
+    bar = training.ProgressBar(3, "x", live=True)  # a tqdm bar on stderr here
     bar.redraw_seconds = 0  # redraw at every batch
     bar.update(torch.tensor(1.5))
     # train_one_epoch passes the loss itself, which requires a gradient: reading it must not warn.
@@ -901,6 +901,8 @@ def test_a_live_bar_shows_the_latest_loss_and_the_finished_bar_does_not(capsys):
         warnings.simplefilter("error")
         bar.update(torch.tensor(1.25, requires_grad=True) * 1)
     assert "loss=1.250" in bar.text()
+    bar.update(1.125)  # a number read with .item() already
+    assert "loss=1.125" in bar.text()
     bar.finish()
     out = capsys.readouterr().out
     assert out.startswith("x: 100%|") and "loss" not in out
@@ -1048,7 +1050,7 @@ def test_a_nan_loss_in_the_first_epoch_says_whether_the_weights_are_spoilt_and_t
 
 
 def test_finishing_a_terminal_bar_closes_it():
-    bar = training.ProgressBar(2, "x", live=True)  # a tqdm bar on stderr here
+    bar = training.ProgressBar(3, "x", live=True)  # a tqdm bar on stderr here
     bar.update()
     bar.update()
     bar.finish()
@@ -1281,15 +1283,37 @@ def test_reduce_lr_on_plateau_steps_with_the_validation_loss(standin):
     seed_everything(0)
     model = SmallCNN()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stepped_with = []
+
+    class Recording(torch.optim.lr_scheduler.ReduceLROnPlateau):
+        def step(self, metrics, *args, **kwargs):
+            stepped_with.append(metrics)
+            super().step(metrics, *args, **kwargs)
+
     # A threshold no epoch can beat: every epoch after the first counts as a plateau.
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=0, threshold=100.0,
-                                                         threshold_mode="abs")
-    fit(model, DataLoader(train, batch_size=64), DataLoader(validation, batch_size=64), nn.CrossEntropyLoss(),
-        optimizer, CPU, 3, scheduler=plateau, verbose=False)
+    plateau = Recording(optimizer, factor=0.5, patience=0, threshold=100.0, threshold_mode="abs")
+    history = fit(model, DataLoader(train, batch_size=64), DataLoader(validation, batch_size=64),
+                  nn.CrossEntropyLoss(), optimizer, CPU, 3, scheduler=plateau, verbose=False)
+    assert stepped_with == history["val_loss"]
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
     with pytest.raises(ValueError, match="ReduceLROnPlateau steps with the validation loss, and val_loader is None"):
         fit(model, DataLoader(train, batch_size=64), None, nn.CrossEntropyLoss(), optimizer, CPU, 3,
             scheduler=plateau, verbose=False)
+
+
+@pytest.mark.parametrize("cap", [0, -1.0, math.nan, math.inf, "1.0"])
+def test_a_clipping_cap_that_is_not_a_positive_length_is_refused_before_any_step(standin, cap):
+    model = SmallCNN()
+    before = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(standin[0], batch_size=64)
+    for run in (lambda: train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, CPU, progress=False,
+                                        max_grad_norm=cap),
+                lambda: fit(model, loader, None, nn.CrossEntropyLoss(), optimizer, CPU, 1, verbose=False,
+                            max_grad_norm=cap)):
+        with pytest.raises(ValueError, match=r"max_grad_norm is the largest length the gradient may keep"):
+            run()
+    _assert_same_state(model.state_dict(), before)
 
 
 def test_a_one_cycle_schedule_shorter_than_the_run_is_refused_before_training(standin):
