@@ -393,8 +393,8 @@ def _forbidding(answer: Callable, calls: list[tuple[Any, str, str]], rule: str) 
             refuse(codes[frame.f_code])
 
     def run(*args, **kwargs):
-        # A profiler that is already on (cProfile, %prun, a debugger's) keeps its hook: calls to
-        # the Python functions are then not refused, rather than the profiler broken.
+        # A profile function already set (cProfile's and %prun's before Python 3.12) keeps its
+        # hook: calls to the Python functions are then not refused, rather than the profiler broken.
         hooked = bool(codes) and sys.getprofile() is None
         if hooked:
             sys.setprofile(profile)
@@ -2098,9 +2098,8 @@ def _logistic_explain(got, want, X, t, w, b) -> str:
         except Exception:  # not this slip
             continue
         return explanation
-    widened = tuple(g.double() if isinstance(g, torch.Tensor) else g for g in got)
     try:  # within a millionth, but not within float64's rounding: rounded or estimated, not exact
-        compare(widened, want, 1e-6, 1e-4)
+        compare(tuple(torch.as_tensor(g, dtype=torch.float64) for g in got), want, 1e-6, 1e-4)
     except Exception:
         return ""
     if any(isinstance(g, torch.Tensor) and g.dtype != torch.float64 for g in got):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import numbers
 import os
 import random
 import re
@@ -173,7 +174,7 @@ class ProgressBar:
         return tqdm.format_meter(self.count, self.total, elapsed, prefix=self.description, unit="batch",
                                  postfix=postfix)
 
-    def update(self, loss: torch.Tensor | None = None) -> None:
+    def update(self, loss: torch.Tensor | float | None = None) -> None:
         """One more batch done; ``loss`` is read (``.item()``, a wait for the GPU) only to redraw."""
         self.count += 1
         if self._tqdm is not None:
@@ -313,11 +314,11 @@ def _check_arguments(model: nn.Module, loss_fn: Callable, optimizer: torch.optim
     not average (``_check_loss_fn``), an optimizer made for another model, which would step
     those parameters, not these, and a clipping cap that is not a positive length."""
     _check_loss_fn(loss_fn)
-    if max_grad_norm is not None and not (isinstance(max_grad_norm, (int, float))
-                                          and math.isfinite(max_grad_norm) and max_grad_norm > 0):
+    if max_grad_norm is not None and not _positive_length(max_grad_norm):
         # 0 would stop training, a negative cap turn every step uphill.
         raise ValueError(f"max_grad_norm is the largest length the gradient may keep, a positive "
                          f"number, got {max_grad_norm!r}: pass one such as 1.0, or None for no clipping")
+
     groups = getattr(optimizer, "param_groups", None)  # an optimizer of one's own may have none
     held = {id(p) for group in groups or [] for p in group["params"]}
     parameters = list(model.parameters())
@@ -325,6 +326,17 @@ def _check_arguments(model: nn.Module, loss_fn: Callable, optimizer: torch.optim
         raise ValueError("the optimizer holds none of the model's parameters, so training would not "
                          "change the model (was the model created again after the optimizer?): create "
                          "the optimizer again from this model, optimizer(model.parameters(), ...)")
+
+
+def _positive_length(value: Any) -> bool:
+    """A finite number above 0: Python's or NumPy's, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(value) and value > 0
 
 
 def _bar_for(progress, loader, description: str) -> ProgressBar:

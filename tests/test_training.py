@@ -6,6 +6,7 @@ import os
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -1301,7 +1302,7 @@ def test_reduce_lr_on_plateau_steps_with_the_validation_loss(standin):
             scheduler=plateau, verbose=False)
 
 
-@pytest.mark.parametrize("cap", [0, -1.0, math.nan, math.inf, "1.0"])
+@pytest.mark.parametrize("cap", [0, -1.0, math.nan, math.inf, "1.0", True, 10**400])
 def test_a_clipping_cap_that_is_not_a_positive_length_is_refused_before_any_step(standin, cap):
     model = SmallCNN()
     before = copy.deepcopy(model.state_dict())
@@ -1325,3 +1326,25 @@ def test_a_one_cycle_schedule_shorter_than_the_run_is_refused_before_training(st
         fit(model, DataLoader(standin[0], batch_size=64), None, nn.CrossEntropyLoss(), optimizer, CPU, 3,
             scheduler=schedule, verbose=False)
     _assert_same_state(model.state_dict(), before)
+
+
+def test_a_clipping_cap_fit_refuses_is_refused_before_a_checkpoint_is_restored(standin, tmp_path):
+    checkpoint = tmp_path / "last.pt"
+    _fit_slice(standin, 1, checkpoint)
+    model = SmallCNN()
+    before, random_state = copy.deepcopy(model.state_dict()), torch.get_rng_state()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="max_grad_norm is the largest length"):
+        fit(model, DataLoader(standin[0], batch_size=64), None, nn.CrossEntropyLoss(), optimizer, CPU, 2,
+            checkpoint_path=checkpoint, resume=True, verbose=False, max_grad_norm=0)
+    _assert_same_state(model.state_dict(), before)
+    assert torch.equal(torch.get_rng_state(), random_state)
+
+
+@pytest.mark.parametrize("cap", [1, 0.5, np.float32(1.0), np.int64(2)])
+def test_any_positive_number_is_a_clipping_cap(standin, cap):
+    model = SmallCNN()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    result = train_one_epoch(model, DataLoader(standin[0], batch_size=64), nn.CrossEntropyLoss(), optimizer, CPU,
+                             progress=False, max_grad_norm=cap)
+    assert result["samples"] == len(standin[0])
