@@ -318,7 +318,6 @@ def _check_arguments(model: nn.Module, loss_fn: Callable, optimizer: torch.optim
         # 0 would stop training, a negative cap turn every step uphill.
         raise ValueError(f"max_grad_norm is the largest length the gradient may keep, a positive "
                          f"number, got {max_grad_norm!r}: pass one such as 1.0, or None for no clipping")
-
     groups = getattr(optimizer, "param_groups", None)  # an optimizer of one's own may have none
     held = {id(p) for group in groups or [] for p in group["params"]}
     parameters = list(model.parameters())
@@ -917,13 +916,12 @@ def _check_scheduler(scheduler, epochs: int, val_loader) -> None:
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and val_loader is None:
         raise ValueError("ReduceLROnPlateau steps with the validation loss, and val_loader is None: "
                          "give fit a val_loader, or use another scheduler")
-    total = getattr(scheduler, "total_steps", None)
-    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and total < epochs:
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.total_steps < epochs:
         # PyTorch would raise at the last step, after an epoch of training. One longer than epochs
         # may be an interrupted run's, so it is not refused, but one made for every batch would
         # stay near its first rate: hence the docstring's warning.
-        raise ValueError(f"this OneCycleLR is made for {total} steps, but fit steps the scheduler once "
-                         f"per epoch, {epochs} times: create it with total_steps=epochs")
+        raise ValueError(f"this OneCycleLR is made for {scheduler.total_steps} steps, but fit steps the "
+                         f"scheduler once per epoch, {epochs} times: create it with total_steps=epochs")
 
 
 def _check_checkpoint_path(checkpoint_path: str | Path) -> None:
