@@ -2186,8 +2186,8 @@ def _fast_large_logits_mistake(got: Any, want: torch.Tensor, logits, targets, sm
         return ""
     return ("On large logits (a hundred or more, as a confident model gives), exp(z) overflows to inf "
             "in float32, and a probability that rounds to 0 makes log(p) -inf, or log(p + eps) stop "
-            "near log(eps), far above the true log-probability: compute the log-probabilities with a log-softmax, which subtracts each row's "
-            "maximum first (F.log_softmax does)")
+            "near log(eps), far above the true log-probability: compute the log-probabilities with a "
+            "log-softmax, which subtracts each row's maximum first (F.log_softmax does)")
 
 
 def _fast_smoothing_gradient(answer: Callable) -> str | None:
